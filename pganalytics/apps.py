@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PganalyticsConfig(AppConfig):
+    name = "pganalytics"
+    verbose_name = "PostgreSQL analytics"

@@ -1,0 +1,107 @@
+"""Typed reading of the environment: every bad value stops start-up with one line naming it."""
+
+import re
+import sys
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class ConfigError(ImproperlyConfigured):
+    """A configuration variable holds a value that cannot be used; the message names both."""
+
+
+def parse_duration(text):
+    """Seconds (float) from `900`, `900s`, `15m`, `1h` or `100ms`; ValueError otherwise."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r}")
+    return float(match[1]) * _SECONDS_PER_UNIT[match[2]]
+
+
+class Config:
+    """Reads variables from a mapping (os.environ by default) through django-environ."""
+
+    def __init__(self, environ_mapping=None):
+        self.env = environ.Env()
+        if environ_mapping is not None:
+            self.env.ENVIRON = environ_mapping
+
+    def _raw(self, name, default):
+        return self.env.str(name, default=default)
+
+    def _fail(self, name, raw, expected):
+        raise ConfigError(f"{name}={raw!r} is invalid: expected {expected}")
+
+    def duration(self, name, default):
+        raw = self._raw(name, default)
+        try:
+            return parse_duration(raw)
+        except ValueError:
+            self._fail(name, raw, "a duration such as 900, 900s, 15m, 1h or 100ms")
+
+    def integer(self, name, default, minimum=0):
+        raw = self._raw(name, str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            self._fail(name, raw, f"a whole number >= {minimum}")
+        return value
+
+    def number(self, name, default, minimum=0.0):
+        raw = self._raw(name, str(default))
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+        if value is None or not value >= minimum:
+            self._fail(name, raw, f"a number >= {minimum}")
+        return value
+
+    def boolean(self, name, default):
+        raw = self._raw(name, "true" if default else "false")
+        folded = raw.strip().lower()
+        if folded in _TRUE:
+            return True
+        if folded in _FALSE:
+            return False
+        self._fail(name, raw, "true or false")
+
+    def url(self, name, default, schemes):
+        """A URL with one of `schemes` and a host; the empty string when allowed by default=''."""
+        raw = self._raw(name, default)
+        if raw == "" and default == "":
+            return ""
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes or not parts.hostname:
+            self._fail(name, raw, f"a URL such as {schemes[0]}://host:port")
+        return raw.rstrip("/")
+
+    def database(self, name, default):
+        """Django's DATABASES entry for a postgres:// URL (password never echoed back)."""
+        raw = self._raw(name, default)
+        parts = urlsplit(raw)
+        shown = raw.replace(parts.password, "***") if parts.password else raw
+        if parts.scheme not in ("postgres", "postgresql", "pgsql") or not parts.path.strip("/"):
+            raise ConfigError(
+                f"{name}={shown!r} is invalid: expected a URL such as postgres://user@host:5432/dbname"
+            )
+        return self.env.db_url_config(raw)
+
+
+@contextmanager
+def exit_on_config_error():
+    """Entry points wrap start-up in this: a ConfigError exits with its one-line message."""
+    try:
+        yield
+    except ConfigError as error:
+        sys.exit(f"pganalytics: configuration error: {error}")

@@ -1,0 +1,111 @@
+"""Settings: every knob read from the environment (see DESIGN.md, Configuration).
+
+The defaults run on one machine. A bad value raises ConfigError naming the variable;
+manage.py and wsgi.py turn that into one line on stderr.
+"""
+
+from pathlib import Path
+
+from caching.config import named_caches
+from pganalytics.config import Config
+from pganalytics.db import database_settings
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+config = Config()
+
+SECRET_KEY = config.env.str("SECRET_KEY", default="pganalytics-local-development-only")
+DEBUG = config.boolean("DEBUG", True)
+ALLOWED_HOSTS = config.env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "caching",
+    "pganalytics",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "pganalytics.urls"
+WSGI_APPLICATION = "pganalytics.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database (pganalytics/db.py) -------------------------------------------------------
+DATABASES = {
+    "default": database_settings(
+        config.database("DATABASE_URL", "postgres://localhost/pganalytics"),
+        pool=config.boolean("DATABASE_POOL", True),
+        max_conns=config.integer("MAX_DATABASE_CONNS", 50, minimum=1),
+        min_conns=config.integer("MAX_IDLE_DATABASE_CONNS", 15),
+        max_idle_time=config.duration("DATABASE_CONN_MAX_IDLE_TIME", "10m"),
+        max_lifetime=config.duration("DATABASE_CONN_MAX_LIFETIME", "1h"),
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- caches (caching/config.py) ---------------------------------------------------------
+CACHE_ENABLED = config.boolean("CACHE_ENABLED", True)
+CACHE_MAX_SIZE = config.integer("CACHE_MAX_SIZE", 10000, minimum=1)
+CACHE_L2_URL = config.url("CACHE_L2_URL", "", schemes=("redis", "rediss", "unix"))
+CACHES = named_caches(
+    {
+        "features": config.duration("FEATURE_CACHE_TTL", "15m"),
+        "predictions": config.duration("PREDICTION_CACHE_TTL", "5m"),
+        "fingerprints": config.duration("FINGERPRINT_CACHE_TTL", "10m"),
+        "explain": config.duration("EXPLAIN_CACHE_TTL", "30m"),
+        "anomalies": config.duration("ANOMALY_CACHE_TTL", "5m"),
+        "responses": config.duration("QUERY_RESULTS_CACHE_TTL", "10m"),
+    },
+    max_entries=CACHE_MAX_SIZE,
+    enabled=CACHE_ENABLED,
+)
+
+# --- ML service client (mlclient) -------------------------------------------------------
+ML_SERVICE_URL = config.url("ML_SERVICE_URL", "http://127.0.0.1:8081", schemes=("http", "https"))
+ML_SERVICE_TIMEOUT = config.duration("ML_SERVICE_TIMEOUT", "5s")
+MAX_HTTP_CONNS = config.integer("MAX_HTTP_CONNS", 10, minimum=1)
+MAX_HTTP_CONNS_PER_HOST = config.integer("MAX_HTTP_CONNS_PER_HOST", 5, minimum=1)
+RETRY_MAX_ATTEMPTS = config.integer("RETRY_MAX_ATTEMPTS", 3)
+RETRY_INITIAL_BACKOFF = config.duration("RETRY_INITIAL_BACKOFF", "100ms")
+RETRY_BACKOFF_MULTIPLIER = config.number("RETRY_BACKOFF_MULTIPLIER", 2.0, minimum=1.0)
+RETRY_MAX_BACKOFF = config.duration("RETRY_MAX_BACKOFF", "2s")
+CIRCUIT_FAILURE_THRESHOLD = config.integer("CIRCUIT_FAILURE_THRESHOLD", 5, minimum=1)
+CIRCUIT_RESET_TIMEOUT = config.duration("CIRCUIT_RESET_TIMEOUT", "30s")
+
+# --- the rest ---------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LOGIN_URL = "admin:login"
