@@ -1,0 +1,105 @@
+"""Settings from the environment: good values parse, bad ones stop start-up in one line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pganalytics.config import Config, ConfigError, parse_duration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("900", 900), ("900s", 900), ("15m", 900), ("1h", 3600), ("100ms", 0.1), ("1.5s", 1.5)],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["soon", "", "15 minutes", "-5s", "1d", "ms"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_defaults_apply_when_variables_are_unset():
+    config = Config({})
+    assert config.duration("FEATURE_CACHE_TTL", "15m") == 900
+    assert config.integer("CACHE_MAX_SIZE", 10000, minimum=1) == 10000
+    assert config.boolean("CACHE_ENABLED", True) is True
+    assert config.url("CACHE_L2_URL", "", schemes=("redis",)) == ""
+    assert config.database("DATABASE_URL", "postgres://localhost/pganalytics")["NAME"] == "pganalytics"
+
+
+def test_values_from_the_environment_are_typed():
+    config = Config(
+        {
+            "FEATURE_CACHE_TTL": "2h",
+            "CACHE_MAX_SIZE": "17",
+            "CACHE_ENABLED": "off",
+            "RETRY_BACKOFF_MULTIPLIER": "1.5",
+            "CACHE_L2_URL": "redis://127.0.0.1:6379/2",
+            "DATABASE_URL": "postgres://app:secret@db.example:6543/analytics",
+        }
+    )
+    assert config.duration("FEATURE_CACHE_TTL", "15m") == 7200
+    assert config.integer("CACHE_MAX_SIZE", 10000, minimum=1) == 17
+    assert config.boolean("CACHE_ENABLED", True) is False
+    assert config.number("RETRY_BACKOFF_MULTIPLIER", 2.0, minimum=1.0) == 1.5
+    assert config.url("CACHE_L2_URL", "", schemes=("redis",)) == "redis://127.0.0.1:6379/2"
+    database = config.database("DATABASE_URL", "postgres://localhost/x")
+    assert (database["HOST"], database["PORT"], database["NAME"]) == ("db.example", 6543, "analytics")
+
+
+@pytest.mark.parametrize(
+    "name, value, read",
+    [
+        ("CACHE_MAX_SIZE", "-5", lambda c: c.integer("CACHE_MAX_SIZE", 10000, minimum=1)),
+        ("CACHE_MAX_SIZE", "lots", lambda c: c.integer("CACHE_MAX_SIZE", 10000, minimum=1)),
+        ("FEATURE_CACHE_TTL", "soon", lambda c: c.duration("FEATURE_CACHE_TTL", "15m")),
+        ("CACHE_ENABLED", "maybe", lambda c: c.boolean("CACHE_ENABLED", True)),
+        ("RETRY_BACKOFF_MULTIPLIER", "0.5", lambda c: c.number("RETRY_BACKOFF_MULTIPLIER", 2, 1)),
+        ("ML_SERVICE_URL", "localhost:8081", lambda c: c.url("ML_SERVICE_URL", "", ("http",))),
+        ("DATABASE_URL", "nonsense", lambda c: c.database("DATABASE_URL", "postgres://h/d")),
+        ("DATABASE_URL", "mysql://h/d", lambda c: c.database("DATABASE_URL", "postgres://h/d")),
+    ],
+)
+def test_bad_values_name_the_variable_and_the_value(name, value, read):
+    with pytest.raises(ConfigError) as error:
+        read(Config({name: value}))
+    assert name in str(error.value) and repr(value) in str(error.value)
+
+
+def test_database_errors_never_echo_the_password():
+    with pytest.raises(ConfigError) as error:
+        Config({"DATABASE_URL": "postgres://u:hunter2@host/"}).database("DATABASE_URL", "")
+    assert "hunter2" not in str(error.value)
+
+
+def run_check(**environment):
+    env = {**os.environ, **environment}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("CACHE_MAX_SIZE", "-5"), ("FEATURE_CACHE_TTL", "soon"), ("DATABASE_URL", "nonsense")],
+)
+def test_start_up_stops_with_one_clear_line(name, value):
+    result = run_check(**{name: value})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert name in lines[0] and value in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_start_up_with_the_defaults_passes_the_checks():
+    result = run_check()
+    assert result.returncode == 0, result.stderr
