@@ -35,7 +35,7 @@ class Result:
 
     @property
     def hit_ratio(self):
-        return self.hits / self.gets if self.gets else 0.0
+        return self.hits / self.gets if self.gets else None
 
 
 def hot_cold_keys(n_keys, n_reads, *, hot_fraction=0.2, hot_share=0.8, seed=1):

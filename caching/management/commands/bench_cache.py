@@ -90,7 +90,7 @@ class Command(BaseCommand):
                 "ops": result.ops,
                 "ops_per_second": round(result.ops_per_second),
                 "us_per_op": round(result.us_per_op, 3),
-                "hit_ratio": round(result.hit_ratio, 4),
+                "hit_ratio": None if result.hit_ratio is None else round(result.hit_ratio, 4),
                 "reference": reference.backend,
                 "ratio": round(result.ops_per_second / reference.ops_per_second, 2),
             }
@@ -101,7 +101,8 @@ class Command(BaseCommand):
             return
         self.stdout.write(f"{'backend':<32} {'ops/s':>12} {'us/op':>8} {'hit ratio':>9}  ratio")
         for row in rows:
+            hit_ratio = "-" if row["hit_ratio"] is None else f"{row['hit_ratio']:.1%}"
             self.stdout.write(
                 f"{row['backend']:<32} {row['ops_per_second']:>12,} {row['us_per_op']:>8.3f} "
-                f"{row['hit_ratio']:>9.1%}  {row['ratio']:.2f}x {row['reference']}"
+                f"{hit_ratio:>9}  {row['ratio']:.2f}x {row['reference']}"
             )
