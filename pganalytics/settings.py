@@ -98,6 +98,11 @@ RETRY_MAX_BACKOFF = config.duration("RETRY_MAX_BACKOFF", "2s")
 CIRCUIT_FAILURE_THRESHOLD = config.integer("CIRCUIT_FAILURE_THRESHOLD", 5, minimum=1)
 CIRCUIT_RESET_TIMEOUT = config.duration("CIRCUIT_RESET_TIMEOUT", "30s")
 
+# --- analytics (pganalytics/explain.py, anomalies.py) -----------------------------------
+EXPLAIN_STATEMENT_TIMEOUT = config.duration("EXPLAIN_STATEMENT_TIMEOUT", "2s")
+ANOMALY_WINDOW = config.integer("ANOMALY_WINDOW", 48, minimum=1)  # intervals in the baseline
+ANOMALY_MIN_POINTS = config.integer("ANOMALY_MIN_POINTS", 8, minimum=1)  # needed for a verdict
+
 # --- the rest ---------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

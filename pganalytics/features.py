@@ -1,0 +1,259 @@
+"""The feature vector of a query, as the ML service consumes it: a flat `{name: float}`.
+
+Three sources, each optional: the statement's parse tree (pglast's JSON tree, ~15x cheaper
+to get than its Python node objects), one interval's statistics, and the EXPLAIN plan.
+Whatever is missing reads 0 and its `has_*` flag says so, so every vector has every name.
+`FEATURE_NAMES` is the contract with the model: append new names, never reorder or rename.
+"""
+
+import json
+from dataclasses import dataclass
+
+from django.core.cache import caches
+from pglast import parser
+
+from pganalytics.explain import highest_parameter, summarize
+from pganalytics.fingerprint import fingerprint
+
+FEATURE_NAMES = (
+    # parse tree
+    "parse_error",  # 1 when the text does not parse (every parse-tree feature is then 0)
+    "stmt_select",  # one-hot statement type of the first statement (VALUES counts as select)
+    "stmt_insert",
+    "stmt_update",
+    "stmt_delete",
+    "stmt_other",  # DDL, utility, MERGE, ...
+    "tables",  # table references (a self-join counts twice; CTE names are not tables)
+    "joins",  # explicit JOINs, comma-separated FROM items, UPDATE ... FROM, DELETE ... USING
+    "subqueries",  # sublinks (IN/EXISTS/scalar subqueries) and subqueries in FROM
+    "aggregates",  # aggregate calls (known aggregate names, count(*), DISTINCT/FILTER args)
+    "group_by",  # 1 when any level has GROUP BY
+    "order_by",  # 1 when any level has ORDER BY
+    "limit",  # 1 when any level has LIMIT / FETCH FIRST
+    "distinct",  # 1 when any level has DISTINCT (or DISTINCT ON)
+    "ctes",  # common table expressions
+    "where_predicates",  # leaf conditions under WHERE, AND/OR/NOT flattened
+    "parameters",  # highest $n: the statement's arity
+    # one interval's statistics
+    "has_stats",
+    "calls_per_minute",
+    "mean_ms",
+    "stddev_ms",
+    "rows_per_call",
+    "block_hit_ratio",  # shared blocks found in cache / touched; 1 when none were touched
+    # the EXPLAIN plan
+    "has_plan",
+    "plan_seq_scans",
+    "plan_total_cost",
+    "plan_rows",  # estimated rows of the top node
+)
+SCENARIOS = ("current", "optimized")
+AGGREGATE_NAMES = frozenset({
+    "array_agg", "avg", "bit_and", "bit_or", "bit_xor", "bool_and", "bool_or", "count",
+    "every", "json_agg", "json_object_agg", "jsonb_agg", "jsonb_object_agg", "max", "min",
+    "mode", "percentile_cont", "percentile_disc", "string_agg", "stddev", "stddev_pop",
+    "stddev_samp", "sum", "var_pop", "var_samp", "variance", "xmlagg",
+})
+# The target of an UPDATE / DELETE is joined to each item of its FROM / USING list.
+JOINED_TO_TARGET = {"UpdateStmt": "fromClause", "DeleteStmt": "usingClause"}
+STATEMENT_FEATURES = {
+    "SelectStmt": "stmt_select",
+    "InsertStmt": "stmt_insert",
+    "UpdateStmt": "stmt_update",
+    "DeleteStmt": "stmt_delete",
+}
+
+
+@dataclass(frozen=True)
+class IntervalStats:
+    """One snapshot interval of a query (the deltas pg_stat_statements gives per interval)."""
+
+    calls: float
+    interval_seconds: float
+    mean_ms: float = 0.0
+    stddev_ms: float = 0.0
+    rows: float = 0.0
+    shared_blks_hit: float = 0.0
+    shared_blks_read: float = 0.0
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """One item of extract_batch."""
+
+    sql: str
+    stats: IntervalStats | dict | None = None
+    plan: list | None = None
+    scenario: str = "current"
+
+
+def extract_features(sql, stats=None, plan=None):
+    """The feature dict of `sql` (names in FEATURE_NAMES order); never raises for bad SQL.
+
+    `stats` is an IntervalStats or a dict with its field names; `plan` the EXPLAIN
+    (FORMAT JSON) result.
+    """
+    features = dict.fromkeys(FEATURE_NAMES, 0.0)
+    features.update(tree_features(sql))
+    if stats is not None:
+        features.update(stats_features(stats))
+    if plan:
+        features.update(plan_features(plan))
+    return features
+
+
+def tree_features(sql):
+    try:
+        tree = json.loads(parser.parse_sql_json(sql))
+    except parser.ParseError:
+        return {"parse_error": 1.0}
+    statements = tree.get("stmts", [])
+    first_kind = next(iter(statements[0]["stmt"])) if statements else ""
+    counts = dict.fromkeys(
+        ("tables", "joins", "subqueries", "aggregates", "group_by", "order_by", "limit",
+         "distinct", "ctes", "where_predicates"),
+        0,
+    )
+    counts["parameters"] = highest_parameter(tree)
+    cte_names = {body["ctename"] for kind, body in nodes(tree) if kind == "CommonTableExpr"}
+    for kind, body in nodes(tree):
+        if kind == "RangeVar":
+            names_a_cte = "schemaname" not in body and body["relname"] in cte_names
+            counts["tables"] += not names_a_cte
+        elif kind == "JoinExpr":
+            counts["joins"] += 1
+        elif kind in ("SubLink", "RangeSubselect"):
+            counts["subqueries"] += 1
+        elif kind == "FuncCall":
+            counts["aggregates"] += is_aggregate(body)
+        elif kind == "CommonTableExpr":
+            counts["ctes"] += 1
+        if kind in JOINED_TO_TARGET:
+            counts["joins"] += len(body.get(JOINED_TO_TARGET[kind], []))
+        elif kind == "SelectStmt":
+            counts["joins"] += max(0, len(body.get("fromClause", [])) - 1)
+        if kind in ("SelectStmt", "UpdateStmt", "DeleteStmt"):
+            counts["where_predicates"] += predicate_count(body.get("whereClause"))
+            counts["group_by"] |= "groupClause" in body
+            counts["order_by"] |= "sortClause" in body
+            counts["limit"] |= "limitCount" in body
+            counts["distinct"] |= "distinctClause" in body
+    statement_feature = STATEMENT_FEATURES.get(first_kind, "stmt_other")
+    return {statement_feature: 1.0, **{name: float(value) for name, value in counts.items()}}
+
+
+def nodes(tree):
+    """Every `(node type, fields)` pair of a pglast JSON tree, depth first.
+
+    A node is a one-key dict named by its type, except in fields typed as one node type:
+    the `relation` of INSERT / UPDATE / DELETE / CREATE INDEX ... is a bare RangeVar.
+    """
+    pending = [tree]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if isinstance(value, dict) and key[:1].isupper():
+                    yield key, value
+                elif key == "relation" and isinstance(value, dict) and "relname" in value:
+                    yield "RangeVar", value
+                if isinstance(value, (dict, list)):
+                    pending.append(value)
+
+
+def is_aggregate(call):
+    """An aggregate call; `count(*) OVER ()` is a window function and does not count."""
+    if "over" in call:
+        return False
+    name = call["funcname"][-1].get("String", {}).get("sval", "")
+    return bool(
+        call.get("agg_star") or call.get("agg_distinct") or "agg_filter" in call
+        or call.get("agg_within_group") or name.lower() in AGGREGATE_NAMES
+    )
+
+
+def predicate_count(condition):
+    """Leaf conditions of a WHERE clause: `a = 1 AND (b OR NOT c)` has three."""
+    if not condition:
+        return 0
+    if "BoolExpr" in condition:
+        return sum(predicate_count(argument) for argument in condition["BoolExpr"]["args"])
+    return 1
+
+
+def stats_features(stats):
+    if isinstance(stats, dict):
+        stats = IntervalStats(**stats)
+    touched = stats.shared_blks_hit + stats.shared_blks_read
+    return {
+        "has_stats": 1.0,
+        "calls_per_minute": (
+            stats.calls * 60.0 / stats.interval_seconds if stats.interval_seconds else 0.0
+        ),
+        "mean_ms": float(stats.mean_ms or 0.0),
+        "stddev_ms": float(stats.stddev_ms or 0.0),
+        "rows_per_call": stats.rows / stats.calls if stats.calls else 0.0,
+        "block_hit_ratio": stats.shared_blks_hit / touched if touched else 1.0,
+    }
+
+
+def plan_features(plan):
+    summary = summarize(plan)
+    return {
+        "has_plan": 1.0,
+        "plan_seq_scans": float(len(summary.seq_scans)),
+        "plan_total_cost": summary.total_cost,
+        "plan_rows": summary.estimated_rows,
+    }
+
+
+class CachedExtractor:
+    """An extractor behind a named cache, key `features:{fingerprint}:{scenario}`.
+
+    The key holds no statistics: callers pass the data version (the newest snapshot id)
+    as `version`, so new statistics move every key at once. A single call goes through
+    the backend's single-flight `get_or_set` (concurrent misses of one key compute once);
+    a batch reads all keys in one `get_many` and computes only the misses.
+    """
+
+    def __init__(self, extract, cache_alias="features"):
+        self.extract = extract
+        self.cache_alias = cache_alias
+
+    def key(self, sql, scenario):
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenario {scenario!r}: expected one of {', '.join(SCENARIOS)}")
+        return f"features:{fingerprint(sql).fingerprint}:{scenario}"
+
+    def __call__(self, sql, stats=None, plan=None, *, scenario="current", version=None):
+        cache = caches[self.cache_alias]
+        key = self.key(sql, scenario)
+        return cache.get_or_set(key, lambda: self.extract(sql, stats, plan), version=version)
+
+    def batch(self, requests, *, version=None):
+        """Features of each FeatureRequest, in input order; one computation per missing key."""
+        cache = caches[self.cache_alias]
+        keys = [self.key(request.sql, request.scenario) for request in requests]
+        found = cache.get_many(keys, version=version)
+        computed = {}
+        for key, request in zip(keys, requests):
+            if key not in found and key not in computed:
+                computed[key] = self.extract(request.sql, request.stats, request.plan)
+        if computed:
+            cache.set_many(computed, version=version)
+        return [found[key] if key in found else computed[key] for key in keys]
+
+
+def cached_features(cache_alias="features"):
+    """Decorator: `@cached_features()` turns an extractor into a CachedExtractor."""
+    return lambda extract: CachedExtractor(extract, cache_alias)
+
+
+extract = cached_features()(extract_features)
+
+
+def extract_batch(requests, *, version=None):
+    """extract_features for many FeatureRequests through the `features` cache."""
+    return extract.batch(list(requests), version=version)

@@ -1,0 +1,161 @@
+"""Safe EXPLAIN against the real test database: planned, never executed, never written."""
+
+import pytest
+from django.core.cache import caches
+from django.db import connection
+from psycopg.conninfo import make_conninfo
+
+from pganalytics.explain import (
+    ExplainFailed,
+    ExplainRefused,
+    cached_explain,
+    explain,
+    parse_statement,
+    summarize,
+)
+from pganalytics.fingerprint import fingerprint
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def dsn():
+    """A DSN of the test database, with a committed 20,000-row table and a side-effect trap.
+
+    `bump()` claims to be IMMUTABLE, so the planner folds a call of it, which would advance
+    the sequence (sequences ignore rollback) were the transaction not READ ONLY.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            CREATE TABLE explain_orders (id int PRIMARY KEY, customer int, total numeric);
+            INSERT INTO explain_orders SELECT n, n % 100, n FROM generate_series(1, 20000) n;
+            ANALYZE explain_orders;
+            CREATE SEQUENCE explain_side_effects;
+            CREATE FUNCTION explain_bump() RETURNS bigint IMMUTABLE LANGUAGE plpgsql
+                AS $$ BEGIN RETURN nextval('explain_side_effects'); END $$;
+            CREATE FUNCTION explain_sleep() RETURNS int IMMUTABLE LANGUAGE sql
+                AS $$ SELECT 1 FROM pg_sleep(5) $$;
+            """
+        )
+    settings = connection.settings_dict
+    parts = {"dbname": settings["NAME"], "user": settings["USER"], "password": settings["PASSWORD"],
+             "host": settings["HOST"], "port": settings["PORT"]}
+    yield make_conninfo(**{name: str(value) for name, value in parts.items() if value})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DROP TABLE explain_orders; DROP SEQUENCE explain_side_effects;"
+            " DROP FUNCTION explain_bump(), explain_sleep();"
+        )
+
+
+def scalar(sql):
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchone()[0]
+
+
+def test_select_plan_reports_a_seq_scan_of_a_large_table(dsn):
+    result = explain(dsn, "SELECT * FROM explain_orders WHERE total > 19990")
+    summary = result.summary
+    assert not result.generic
+    assert result.plan_json[0]["Plan"]["Node Type"] == "Seq Scan"
+    assert summary.top_node == "Seq Scan" and summary.node_types == {"Seq Scan": 1}
+    (scan,) = summary.seq_scans
+    assert scan.relation == "explain_orders" and scan.table_rows == 20000
+    assert scan.estimated_rows < 100 and scan.large  # few rows out, all 20,000 read
+    assert summary.total_cost > 0 and summary.estimated_rows == scan.estimated_rows
+
+
+def test_parameterised_statement_gets_a_generic_plan(dsn):
+    result = explain(dsn, "SELECT customer, count(*) FROM explain_orders WHERE id = $1 GROUP BY 1")
+    assert result.generic
+    assert "Index Scan" in result.summary.node_types
+    assert result.summary.seq_scans == []
+
+
+@pytest.mark.parametrize(
+    "sql, reason",
+    [
+        ("CREATE TABLE explain_other (a int)", "CREATE is a utility or DDL statement (CreateStmt)"),
+        ("DROP TABLE explain_orders", "DROP is a utility or DDL statement (DropStmt)"),
+        ("VACUUM explain_orders", "VACUUM is a utility or DDL statement (VacuumStmt)"),
+        ("SELECT 1; DELETE FROM explain_orders", "expected one statement, found 2"),
+        ("SELECT * INTO explain_copy FROM explain_orders", "SELECT INTO creates a table"),
+        ("SELEKT 1", "does not parse"),
+    ],
+)
+def test_utility_ddl_and_multiple_statements_are_refused_with_a_reason(dsn, sql, reason):
+    with pytest.raises(ExplainRefused) as refused:
+        explain(dsn, sql)
+    assert reason in refused.value.reason
+    assert scalar("SELECT count(*) FROM explain_orders") == 20000
+
+
+def test_explain_of_insert_update_delete_changes_nothing(dsn):
+    for sql in [
+        "INSERT INTO explain_orders VALUES (20001, 1, 1)",
+        "UPDATE explain_orders SET total = 0",
+        "DELETE FROM explain_orders WHERE id = $1",
+    ]:
+        explain(dsn, sql)
+    assert scalar("SELECT count(*) FROM explain_orders") == 20000
+    assert scalar("SELECT count(*) FROM explain_orders WHERE total = 0") == 0
+
+
+def test_folded_function_with_side_effects_is_stopped_by_read_only(dsn):
+    with pytest.raises(ExplainFailed, match="read-only transaction"):
+        explain(dsn, "SELECT * FROM explain_orders WHERE id = explain_bump()")
+    assert scalar("SELECT last_value FROM explain_side_effects") == 1
+    assert scalar("SELECT is_called FROM explain_side_effects") is False
+
+
+def test_statement_timeout_bounds_planning(dsn):
+    with pytest.raises(ExplainFailed, match="statement timeout"):
+        explain(dsn, "SELECT * FROM explain_orders WHERE id = explain_sleep()", timeout=0.2)
+
+
+def test_untyped_parameters_fail_with_postgres_message(dsn):
+    with pytest.raises(ExplainFailed, match="operator is not unique"):
+        explain(dsn, "SELECT $1 + $2")
+
+
+def test_unreachable_server_fails_cleanly():
+    with pytest.raises(ExplainFailed):
+        explain("host=127.0.0.1 port=1 dbname=none", "SELECT 1")
+
+
+def test_statement_text_is_cut_to_the_one_statement():
+    statement = parse_statement("  SELECT 'é' , $2 FROM t WHERE a = $1 ;  -- trailing\n")
+    assert statement.text == "SELECT 'é' , $2 FROM t WHERE a = $1"
+    assert statement.parameter_count == 2
+
+
+def test_summary_of_nested_plan_counts_node_types():
+    plan = [{"Plan": {
+        "Node Type": "Hash Join", "Total Cost": 50.0, "Plan Rows": 10,
+        "Plans": [
+            {"Node Type": "Seq Scan", "Relation Name": "a", "Plan Rows": 5, "Total Cost": 1},
+            {"Node Type": "Hash", "Plans": [
+                {"Node Type": "Seq Scan", "Relation Name": "b", "Plan Rows": 50000},
+            ]},
+        ],
+    }}]
+    summary = summarize(plan, table_rows={"a": 100})
+    assert summary.top_node == "Hash Join" and summary.total_cost == 50.0
+    assert summary.node_types == {"Seq Scan": 2, "Hash Join": 1, "Hash": 1}
+    assert [(s.relation, s.large) for s in summary.seq_scans] == [("a", False), ("b", True)]
+    assert [s.relation for s in summary.large_seq_scans] == ["b"]
+
+
+def test_cached_explain_plans_once_and_caches_refusals(dsn):
+    cache = caches["explain"]
+    cache.clear()
+    first = cached_explain(1, dsn, "SELECT * FROM explain_orders WHERE id = 5")
+    hits = cache.metrics()["hits"]
+    again = cached_explain(1, dsn, "SELECT * FROM explain_orders WHERE id = 7")  # same fingerprint
+    assert again == first and cache.metrics()["hits"] == hits + 1
+    for _ in range(2):
+        with pytest.raises(ExplainRefused):
+            cached_explain(1, dsn, "VACUUM explain_orders")
+    assert cache.has_key(f"explain:1:{fingerprint('VACUUM explain_orders').fingerprint}")
