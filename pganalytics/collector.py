@@ -1,0 +1,366 @@
+"""pg_stat_statements of a monitored database -> one Snapshot with its QueryStat rows.
+
+Reading and storing are separate steps: the target is read over its own short-lived
+psycopg connection (connect timeout, statement_timeout) before any transaction of ours is
+open, so a slow target never holds our database. Storing then happens in one transaction,
+in bulk, with the previous snapshot of the same database locked in as the baseline for the
+interval deltas.
+
+Counters in pg_stat_statements only grow until statistics are reset, entries are evicted
+or stats are lost in a crash. A reset shows as a changed `stats_reset` (full reset) or as a
+query whose counters went down (a reset limited to one database or query); either way the
+delta is the new cumulative value: what accrued since the reset, never negative.
+"""
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import psycopg
+from django.db import transaction
+from django.utils import timezone
+from psycopg import sql
+
+from pganalytics.dsn import scrub
+from pganalytics.fingerprint import Fingerprint, compute_fingerprint
+from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
+from pganalytics.signals import snapshot_collected
+
+APPLICATION_NAME = "pganalytics-collector"
+CONNECT_TIMEOUT_SECONDS = 5
+STATEMENT_TIMEOUT_MS = 30_000
+MINIMUM_SERVER_VERSION = 140000
+# Every statement the collector sends starts with this comment, so pg_stat_statements keeps
+# it in the text and the collector can leave its own statements out of what it reports.
+MARKER = "/* pganalytics-collector */"
+COUNTERS = (
+    "calls",
+    "total_exec_time",
+    "min_exec_time",
+    "max_exec_time",
+    "mean_exec_time",
+    "stddev_exec_time",
+    "rows",
+    "shared_blks_hit",
+    "shared_blks_read",
+    "plans",
+    "total_plan_time",
+)
+DELTA_COUNTERS = ("calls", "total_exec_time", "rows", "shared_blks_hit", "shared_blks_read")
+_WHITESPACE = re.compile(r"\s+")
+
+
+class CollectionError(Exception):
+    """A monitored database could not be collected; the message names it and says why."""
+
+    def __init__(self, database, reason):
+        self.database = database
+        self.reason = reason
+        super().__init__(f"{database.name}: {reason}")
+
+
+@dataclass
+class Reading:
+    """What one read of a target returned: the raw pg_stat_statements rows and their context."""
+
+    taken_at: object
+    stats_reset: object
+    rows: list  # tuples: query text, then COUNTERS in order
+
+
+@dataclass
+class Group:
+    """The pg_stat_statements rows of one fingerprint, summed as one query.
+
+    Its text is that of the row with the most calls; min/max are taken over the rows and
+    the standard deviation is pooled from each row's calls, mean and stddev.
+    """
+
+    fingerprint: Fingerprint
+    text: str = ""
+    text_calls: int = -1
+    calls: int = 0
+    total_exec_time: float = 0.0
+    lowest_exec_time: float = math.inf
+    max_exec_time: float = 0.0
+    sum_of_squares: float = 0.0  # sum of calls * (stddev² + mean²) over the rows
+    rows: int = 0
+    shared_blks_hit: int = 0
+    shared_blks_read: int = 0
+    plans: int = 0
+    total_plan_time: float = 0.0
+
+    def add(
+        self, text, calls, total, minimum, maximum, mean, stddev, rows, hit, read, plans, plan_time
+    ):
+        if calls > self.text_calls:
+            self.text, self.text_calls = text, calls
+        self.calls += calls
+        self.total_exec_time += total
+        self.lowest_exec_time = min(self.lowest_exec_time, minimum)
+        self.max_exec_time = max(self.max_exec_time, maximum)
+        self.sum_of_squares += calls * (stddev * stddev + mean * mean)
+        self.rows += rows
+        self.shared_blks_hit += hit
+        self.shared_blks_read += read
+        self.plans += plans
+        self.total_plan_time += plan_time
+
+    @property
+    def min_exec_time(self):
+        return 0.0 if self.lowest_exec_time == math.inf else self.lowest_exec_time
+
+    @property
+    def mean_exec_time(self):
+        return self.total_exec_time / self.calls if self.calls else 0.0
+
+    @property
+    def stddev_exec_time(self):
+        if not self.calls:
+            return 0.0
+        mean = self.mean_exec_time
+        return math.sqrt(max(self.sum_of_squares / self.calls - mean * mean, 0.0))
+
+    def counters(self):
+        return {name: getattr(self, name) for name in COUNTERS}
+
+
+def _one_line(text):
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def _failure(database, doing, error):
+    return CollectionError(database, f"{doing}: {_one_line(scrub(str(error), database.dsn))}")
+
+
+def read_statements(database):
+    """The pg_stat_statements rows of `database` (its own dbid only), or CollectionError."""
+    try:
+        connection = psycopg.connect(
+            database.dsn,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            application_name=APPLICATION_NAME,
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            autocommit=True,
+        )
+    except psycopg.Error as error:
+        raise _failure(database, f"cannot connect to {database.masked_dsn}", error) from None
+    try:
+        with connection:
+            return _read(database, connection)
+    except psycopg.Error as error:
+        raise _failure(database, "cannot read pg_stat_statements", error) from None
+
+
+def _read(database, connection):
+    version = connection.info.server_version
+    if version < MINIMUM_SERVER_VERSION:
+        raise CollectionError(
+            database, f"PostgreSQL {version // 10000} is not supported: 14 or later is needed"
+        )
+    columns = _extension_columns(connection)
+    if "pg_stat_statements" not in columns:
+        raise CollectionError(
+            database,
+            f"pg_stat_statements is not installed in database {connection.info.dbname!r}: "
+            "run CREATE EXTENSION pg_stat_statements there "
+            "(and preload it with shared_preload_libraries)",
+        )
+    schema, statement_columns = columns["pg_stat_statements"]
+    missing = set(COUNTERS) - statement_columns
+    if missing:
+        raise CollectionError(
+            database,
+            "pg_stat_statements is too old (no " + ", ".join(sorted(missing)) + "): "
+            "run ALTER EXTENSION pg_stat_statements UPDATE",
+        )
+    taken_at = timezone.now()
+    stats_reset = None
+    if "pg_stat_statements_info" in columns:
+        info = sql.Identifier(schema, "pg_stat_statements_info")
+        stats_reset = connection.execute(
+            sql.SQL(MARKER + " SELECT stats_reset FROM {}").format(info)
+        ).fetchone()[0]
+    rows = connection.execute(_statements_query(schema, statement_columns)).fetchall()
+    return Reading(taken_at=taken_at, stats_reset=stats_reset, rows=rows)
+
+
+def _extension_columns(connection):
+    """{view name: (schema, set of column names)} of the extension's views, wherever installed."""
+    found = connection.execute(
+        MARKER
+        + """ SELECT n.nspname, c.relname, array_agg(a.attname::text)
+        FROM pg_extension e
+        JOIN pg_depend d ON d.refobjid = e.oid AND d.deptype = 'e'
+            AND d.classid = 'pg_class'::regclass
+        JOIN pg_class c ON c.oid = d.objid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        WHERE e.extname = 'pg_stat_statements'
+        GROUP BY n.nspname, c.relname"""
+    ).fetchall()
+    return {relname: (schema, set(names)) for schema, relname, names in found}
+
+
+def _statements_query(schema, statement_columns):
+    top_level_only = sql.SQL(" AND toplevel") if "toplevel" in statement_columns else sql.SQL("")
+    return sql.SQL(
+        MARKER + " SELECT query, {counters} FROM {view}"
+        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND query IS NOT NULL AND query NOT LIKE {own}{top_level_only}"
+    ).format(
+        counters=sql.SQL(", ").join(sql.Identifier(name) for name in COUNTERS),
+        view=sql.Identifier(schema, "pg_stat_statements"),
+        own=sql.Literal(MARKER + "%"),
+        top_level_only=top_level_only,
+    )
+
+
+def group_by_fingerprint(rows):
+    """{fingerprint: Group} of pg_stat_statements rows; texts that do not parse still group."""
+    groups = {}
+    for text, *counters in rows:
+        found = compute_fingerprint(text)
+        group = groups.get(found.fingerprint)
+        if group is None:
+            group = groups[found.fingerprint] = Group(found)
+        group.add(text, *counters)
+    return groups
+
+
+def went_down(current, previous):
+    """True when a counter of the query is lower than at the previous snapshot: a reset."""
+    return previous is not None and any(current[name] < previous[name] for name in DELTA_COUNTERS)
+
+
+def interval_deltas(current, previous, *, first_snapshot, stats_were_reset):
+    """Delta fields of one query from its `current` and `previous` counters (dicts or None).
+
+    The database's first snapshot has no baseline: all null. A query absent from the
+    previous snapshot, a reset, or a counter that went down count from zero: the delta is
+    the cumulative value.
+    """
+    names = ["delta_" + name for name in DELTA_COUNTERS]
+    if first_snapshot:
+        return dict.fromkeys(names + ["delta_mean_exec_time"])
+    counts_from_zero = stats_were_reset or previous is None or went_down(current, previous)
+    deltas = {
+        delta: current[name] - (0 if counts_from_zero else previous[name])
+        for delta, name in zip(names, DELTA_COUNTERS)
+    }
+    calls = deltas["delta_calls"]
+    deltas["delta_mean_exec_time"] = deltas["delta_total_exec_time"] / calls if calls else 0.0
+    return deltas
+
+
+def store(database, reading, started):
+    """Snapshot + QueryStat rows of `reading`, in one transaction; returns the Snapshot."""
+    groups = group_by_fingerprint(reading.rows)
+    with transaction.atomic():
+        MonitoredDatabase.objects.select_for_update().get(pk=database.pk)
+        previous = database.snapshots.order_by("-taken_at", "-pk").first()
+        query_ids = _upsert_queries(database, groups, reading.taken_at)
+        previous_counters = _counters_of(previous)
+        stats_were_reset = (
+            previous is not None
+            and previous.stats_reset is not None
+            and reading.stats_reset != previous.stats_reset
+        )
+        snapshot = Snapshot.objects.create(
+            database=database,
+            taken_at=reading.taken_at,
+            stats_reset=reading.stats_reset,
+            statement_count=len(reading.rows),
+            reset_detected=stats_were_reset,
+            duration_ms=0.0,
+        )
+        interval = (reading.taken_at - previous.taken_at).total_seconds() if previous else None
+        stats = []
+        for fingerprint, group in groups.items():
+            current = group.counters()
+            query_id = query_ids[fingerprint]
+            before = previous_counters.get(query_id)
+            snapshot.reset_detected |= went_down(current, before)
+            deltas = interval_deltas(
+                current, before, first_snapshot=previous is None, stats_were_reset=stats_were_reset
+            )
+            stats.append(
+                QueryStat(
+                    snapshot=snapshot,
+                    query_id=query_id,
+                    interval_seconds=interval,
+                    **current,
+                    **deltas,
+                )
+            )
+        QueryStat.objects.bulk_create(stats)
+        snapshot.duration_ms = (time.perf_counter() - started) * 1000
+        snapshot.save(update_fields=["reset_detected", "duration_ms"])
+        database.last_collected_at = reading.taken_at
+        database.last_error = ""
+        database.save(update_fields=["last_collected_at", "last_error"])
+        transaction.on_commit(
+            partial(snapshot_collected.send, sender=Snapshot, snapshot=snapshot), robust=True
+        )
+    return snapshot
+
+
+def _upsert_queries(database, groups, seen_at):
+    """{fingerprint: Query id}, creating new Query rows and moving last_seen of known ones."""
+    queries = [
+        Query(
+            database=database,
+            fingerprint=fingerprint,
+            text=group.text,
+            normalized=group.fingerprint.normalized,
+            parsed=group.fingerprint.parsed,
+            first_seen=seen_at,
+            last_seen=seen_at,
+        )
+        for fingerprint, group in groups.items()
+    ]
+    Query.objects.bulk_create(
+        queries,
+        update_conflicts=True,
+        unique_fields=["database", "fingerprint"],
+        update_fields=["last_seen"],
+    )
+    return {query.fingerprint: query.pk for query in queries}
+
+
+def _counters_of(snapshot):
+    """{query id: counters used for deltas} of a snapshot; empty for none."""
+    if snapshot is None:
+        return {}
+    return {
+        row[0]: dict(zip(DELTA_COUNTERS, row[1:]))
+        for row in snapshot.stats.values_list("query_id", *DELTA_COUNTERS)
+    }
+
+
+def collect(database):
+    """Read and store one snapshot of `database`; on failure record it in `last_error` and raise."""
+    started = time.perf_counter()
+    try:
+        reading = read_statements(database)
+    except CollectionError as error:
+        database.last_error = str(error)
+        MonitoredDatabase.objects.filter(pk=database.pk).update(last_error=database.last_error)
+        raise
+    return store(database, reading, started)
+
+
+def collect_all(name=None):
+    """[(database, Snapshot or CollectionError)] for every enabled database (or the one named)."""
+    databases = MonitoredDatabase.objects.filter(enabled=True).order_by("name")
+    if name is not None:
+        databases = databases.filter(name=name)
+    results = []
+    for database in databases:
+        try:
+            results.append((database, collect(database)))
+        except CollectionError as error:
+            results.append((database, error))
+    return results

@@ -1,0 +1,132 @@
+"""What collection stores: monitored databases, their snapshots, and per-query statistics.
+
+A `Query` is one fingerprint on one monitored database (several pg_stat_statements rows,
+for other users or query ids, can share it). A `Snapshot` is one read of
+pg_stat_statements; its `QueryStat` rows hold the server's cumulative counters and the
+interval deltas against the previous snapshot, computed once at collection so the pages
+read them without recomputing. Foreign keys carry no index of their own: each is the first
+column of a composite index or unique constraint that serves the same lookups, and every
+index less makes the bulk insert of a snapshot cheaper.
+"""
+
+from django.db import models
+
+from pganalytics.dsn import mask_dsn
+
+
+class MonitoredDatabase(models.Model):
+    name = models.SlugField(max_length=63, unique=True)
+    dsn = models.TextField(
+        "DSN",
+        help_text="libpq URL or key=value string, password included; never shown back.",
+    )
+    enabled = models.BooleanField(default=True, help_text="Collected by `collect`.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_collected_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return f"{self.name} ({self.masked_dsn})"
+
+    @property
+    def masked_dsn(self):
+        return mask_dsn(self.dsn)
+
+
+class Query(models.Model):
+    database = models.ForeignKey(
+        MonitoredDatabase, on_delete=models.CASCADE, related_name="queries", db_index=False
+    )
+    fingerprint = models.CharField(max_length=16)
+    text = models.TextField(help_text="A statement as pg_stat_statements shows it ($n parameters).")
+    normalized = models.TextField()
+    parsed = models.BooleanField(
+        help_text="False: pglast could not parse it (fallback fingerprint)."
+    )
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "queries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["database", "fingerprint"], name="query_unique_fingerprint"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.fingerprint} {self.text[:80]}"
+
+
+class Snapshot(models.Model):
+    database = models.ForeignKey(
+        MonitoredDatabase, on_delete=models.CASCADE, related_name="snapshots", db_index=False
+    )
+    taken_at = models.DateTimeField()
+    stats_reset = models.DateTimeField(
+        null=True, blank=True, help_text="pg_stat_statements_info.stats_reset on the server."
+    )
+    statement_count = models.PositiveIntegerField(
+        help_text="pg_stat_statements rows read (before grouping by fingerprint)."
+    )
+    reset_detected = models.BooleanField(
+        default=False, help_text="Statistics were reset (or lost) since the previous snapshot."
+    )
+    duration_ms = models.FloatField(help_text="Time to read and store this snapshot.")
+
+    class Meta:
+        get_latest_by = "taken_at"
+        indexes = [models.Index(fields=["database", "taken_at"], name="snapshot_database_taken")]
+
+    def __str__(self):
+        return f"{self.database.name} @ {self.taken_at:%Y-%m-%d %H:%M:%S}"
+
+
+class QueryStat(models.Model):
+    """Cumulative counters of one query at one snapshot, and its deltas over the interval.
+
+    Times are in milliseconds as PostgreSQL reports them. The delta fields are null for a
+    database's first snapshot (nothing to compare with); never negative.
+    """
+
+    snapshot = models.ForeignKey(
+        Snapshot, on_delete=models.CASCADE, related_name="stats", db_index=False
+    )
+    query = models.ForeignKey(Query, on_delete=models.CASCADE, related_name="stats", db_index=False)
+
+    calls = models.BigIntegerField()
+    total_exec_time = models.FloatField()
+    min_exec_time = models.FloatField()
+    max_exec_time = models.FloatField()
+    mean_exec_time = models.FloatField()
+    stddev_exec_time = models.FloatField()
+    rows = models.BigIntegerField()
+    shared_blks_hit = models.BigIntegerField()
+    shared_blks_read = models.BigIntegerField()
+    plans = models.BigIntegerField()
+    total_plan_time = models.FloatField()
+
+    interval_seconds = models.FloatField(null=True, blank=True)
+    delta_calls = models.BigIntegerField(null=True, blank=True)
+    delta_total_exec_time = models.FloatField(null=True, blank=True)
+    delta_mean_exec_time = models.FloatField(null=True, blank=True)
+    delta_rows = models.BigIntegerField(null=True, blank=True)
+    delta_shared_blks_hit = models.BigIntegerField(null=True, blank=True)
+    delta_shared_blks_read = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["snapshot", "query"], name="querystat_unique_query")
+        ]
+        indexes = [
+            models.Index(fields=["query", "snapshot"], name="querystat_query_snapshot"),
+            models.Index(
+                fields=["snapshot", "delta_total_exec_time"], name="querystat_snapshot_total"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.query.fingerprint} @ {self.snapshot_id}"

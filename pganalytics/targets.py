@@ -1,0 +1,49 @@
+"""Databases on the app's own PostgreSQL server used as collection targets.
+
+The demo, `bench_collect` and the tests monitor scratch databases next to the app's
+database: same host, port and role as DATABASES["default"], other database name.
+"""
+
+import psycopg
+from django.conf import settings
+from psycopg import conninfo, sql
+
+MAINTENANCE_DATABASE = "postgres"
+_SETTING_KEYWORDS = {"HOST": "host", "PORT": "port", "USER": "user", "PASSWORD": "password"}
+
+
+def local_dsn(dbname):
+    """A key=value DSN for `dbname` on the app database's server, as the app's role."""
+    default = settings.DATABASES["default"]
+    keywords = {keyword: default.get(key) for key, keyword in _SETTING_KEYWORDS.items()}
+    return conninfo.make_conninfo(dbname=dbname, **{k: v for k, v in keywords.items() if v})
+
+
+def ensure_database(dbname):
+    """Create `dbname` if missing and pg_stat_statements in it; True when it was created."""
+    with psycopg.connect(local_dsn(MAINTENANCE_DATABASE), autocommit=True) as connection:
+        exists = connection.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [dbname]
+        ).fetchone()
+        if not exists:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    with psycopg.connect(local_dsn(dbname), autocommit=True) as connection:
+        connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    return not exists
+
+
+def drop_database(dbname):
+    """Drop `dbname` if it exists, closing any session still connected to it."""
+    with psycopg.connect(local_dsn(MAINTENANCE_DATABASE), autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )
+
+
+def reset_statements(connection):
+    """Reset pg_stat_statements for the connection's database only (never the whole server:
+    other databases on it are monitored or tested too)."""
+    connection.execute(
+        "SELECT pg_stat_statements_reset(0,"
+        " (SELECT oid FROM pg_database WHERE datname = current_database()), 0)"
+    )

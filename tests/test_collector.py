@@ -1,0 +1,212 @@
+"""Collection against real PostgreSQL with pg_stat_statements: snapshots, deltas, resets,
+failing targets, and the DSN password kept out of everything shown."""
+
+import os
+
+import psycopg
+import pytest
+
+from pganalytics.collector import MARKER, CollectionError, collect, collect_all
+from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
+from pganalytics.signals import snapshot_collected
+from pganalytics.targets import drop_database, ensure_database, local_dsn, reset_statements
+
+LOOKUP = "SELECT count(*) FROM items WHERE id = %s"
+RANGE = "SELECT id FROM items WHERE id > %s ORDER BY id LIMIT 3"
+DOWN_DSN = "postgresql://monitor:s3cret-pw@127.0.0.1:1/nowhere?connect_timeout=2"
+
+
+@pytest.fixture(scope="session")
+def target_name():
+    """A scratch database for this test session, dropped at the end."""
+    name = f"pganalytics_target_{os.environ.get('PYTEST_DB_SUFFIX', 'main')}_{os.getpid()}"
+    ensure_database(name)
+    with psycopg.connect(local_dsn(name), autocommit=True) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY)")
+        connection.execute(
+            "INSERT INTO items SELECT generate_series(1, 100) ON CONFLICT DO NOTHING"
+        )
+    yield name
+    drop_database(name)
+
+
+@pytest.fixture
+def target(target_name):
+    """A connection to the scratch database, its statistics reset for a clean start."""
+    with psycopg.connect(local_dsn(target_name), autocommit=True) as connection:
+        reset_statements(connection)
+        yield connection
+
+
+@pytest.fixture
+def monitored(db, target_name):
+    return MonitoredDatabase.objects.create(name="target", dsn=local_dsn(target_name))
+
+
+def run(connection, statement, times):
+    for number in range(times):
+        connection.execute(statement, [number])
+
+
+def stat_of(snapshot, statement):
+    """The QueryStat of the query whose representative text starts like `statement`."""
+    prefix = statement.split("%s")[0]
+    return QueryStat.objects.select_related("query").get(
+        snapshot=snapshot, query__text__startswith=prefix
+    )
+
+
+def test_collection_stores_a_snapshot_with_one_stat_per_fingerprint(target, monitored):
+    run(target, LOOKUP, 4)
+    run(target, RANGE, 2)
+
+    snapshot = collect(monitored)
+
+    assert Snapshot.objects.filter(database=monitored).count() == 1
+    assert snapshot.statement_count >= 2
+    assert snapshot.duration_ms > 0
+    assert snapshot.reset_detected is False
+    lookup = stat_of(snapshot, LOOKUP)
+    assert lookup.query.text == "SELECT count(*) FROM items WHERE id = $1"
+    assert lookup.query.parsed is True
+    assert len(lookup.query.fingerprint) == 16
+    assert lookup.calls == 4
+    assert lookup.rows == 4
+    assert lookup.mean_exec_time == pytest.approx(lookup.total_exec_time / 4)
+    assert lookup.min_exec_time <= lookup.mean_exec_time <= lookup.max_exec_time
+    assert stat_of(snapshot, RANGE).calls == 2
+    assert lookup.delta_calls is None and lookup.interval_seconds is None  # first snapshot
+    monitored.refresh_from_db()
+    assert monitored.last_collected_at == snapshot.taken_at
+    assert monitored.last_error == ""
+
+
+def test_the_collectors_own_statements_are_not_reported(target, monitored):
+    collect(monitored)
+    snapshot = collect(monitored)
+
+    assert not Query.objects.filter(database=monitored, text__contains=MARKER).exists()
+    assert snapshot.stats.count() == Query.objects.filter(database=monitored).count()
+
+
+def test_deltas_between_snapshots_count_the_interval_only(target, monitored):
+    run(target, LOOKUP, 1)
+    collect(monitored)
+    run(target, LOOKUP, 5)
+    run(target, RANGE, 3)
+
+    second = collect(monitored)
+    run(target, LOOKUP, 2)
+    third = collect(monitored)
+
+    lookup = stat_of(second, LOOKUP)
+    assert (lookup.calls, lookup.delta_calls, lookup.delta_rows) == (6, 5, 5)
+    assert lookup.delta_total_exec_time > 0
+    assert lookup.delta_mean_exec_time == pytest.approx(lookup.delta_total_exec_time / 5)
+    assert lookup.interval_seconds > 0
+    assert stat_of(second, RANGE).delta_calls == 3  # new in the interval: all of it counts
+    assert stat_of(third, LOOKUP).delta_calls == 2
+    assert stat_of(third, RANGE).delta_calls == 0
+    assert not second.reset_detected and not third.reset_detected
+
+
+def test_a_reset_of_the_database_statistics_is_detected_without_negative_deltas(
+    target, monitored
+):
+    run(target, LOOKUP, 5)
+    collect(monitored)
+    reset_statements(target)
+    run(target, LOOKUP, 2)
+
+    after = collect(monitored)
+
+    assert after.reset_detected is True
+    lookup = stat_of(after, LOOKUP)
+    assert (lookup.calls, lookup.delta_calls, lookup.delta_rows) == (2, 2, 2)
+    assert not after.stats.filter(delta_calls__lt=0).exists()
+    assert not after.stats.filter(delta_total_exec_time__lt=0).exists()
+
+
+def test_a_changed_stats_reset_time_counts_every_query_from_zero(target, monitored):
+    run(target, LOOKUP, 3)
+    first = collect(monitored)
+    # What a server-wide reset looks like: pg_stat_statements_info.stats_reset moved on.
+    Snapshot.objects.filter(pk=first.pk).update(stats_reset="2000-01-01T00:00:00Z")
+    run(target, LOOKUP, 1)
+
+    after = collect(monitored)
+
+    assert after.reset_detected is True
+    assert stat_of(after, LOOKUP).delta_calls == 4
+
+
+def test_a_down_target_fails_clearly_and_the_others_are_still_collected(target, monitored):
+    down = MonitoredDatabase.objects.create(name="down", dsn=DOWN_DSN)
+
+    with pytest.raises(CollectionError) as raised:
+        collect(down)
+    assert str(raised.value).startswith("down: cannot connect to ")
+    assert "s3cret-pw" not in str(raised.value)
+
+    results = dict(collect_all())
+    assert isinstance(results[down], CollectionError)
+    assert isinstance(results[monitored], Snapshot)
+    down.refresh_from_db()
+    assert down.last_error.startswith("down: cannot connect to postgresql://monitor:***@")
+    assert "s3cret-pw" not in down.last_error
+    assert not Snapshot.objects.filter(database=down).exists()
+
+
+def test_collect_all_skips_disabled_databases_and_can_name_one(target, monitored):
+    MonitoredDatabase.objects.create(name="paused", dsn=DOWN_DSN, enabled=False)
+
+    assert [database.name for database, _ in collect_all()] == ["target"]
+    assert collect_all("paused") == []
+
+
+def test_a_database_without_the_extension_fails_clearly(db):
+    name = f"pganalytics_bare_{os.environ.get('PYTEST_DB_SUFFIX', 'main')}_{os.getpid()}"
+    with psycopg.connect(local_dsn("postgres"), autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    try:
+        bare = MonitoredDatabase.objects.create(name="bare", dsn=local_dsn(name))
+        with pytest.raises(CollectionError, match="pg_stat_statements is not installed"):
+            collect(bare)
+    finally:
+        drop_database(name)
+
+
+def test_snapshot_collected_is_sent_after_commit(
+    target, monitored, django_capture_on_commit_callbacks
+):
+    received = []
+
+    def receiver(sender, snapshot, **kwargs):
+        received.append(snapshot)
+
+    snapshot_collected.connect(receiver)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            snapshot = collect(monitored)
+            assert received == []
+    finally:
+        snapshot_collected.disconnect(receiver)
+    assert received == [snapshot]
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://monitor:s3cret-pw@db.example:5432/app",
+        "postgresql://monitor@db.example/app?password=s3cret-pw&sslmode=require",
+        "host=db.example user=monitor password=s3cret-pw dbname=app",
+        "host=db.example password='s3cret-pw' dbname=app",
+    ],
+)
+def test_the_password_is_masked_in_str_and_masked_dsn(dsn):
+    database = MonitoredDatabase(name="app", dsn=dsn)
+
+    assert "s3cret-pw" not in str(database)
+    assert "s3cret-pw" not in database.masked_dsn
+    assert "***" in database.masked_dsn
+    assert "db.example" in database.masked_dsn
