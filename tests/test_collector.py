@@ -210,3 +210,36 @@ def test_the_password_is_masked_in_str_and_masked_dsn(dsn):
     assert "s3cret-pw" not in database.masked_dsn
     assert "***" in database.masked_dsn
     assert "db.example" in database.masked_dsn
+
+
+def test_the_admin_never_renders_the_password_and_keeps_it_when_left_empty(admin_client):
+    database = MonitoredDatabase.objects.create(name="app", dsn=DOWN_DSN)
+    url = f"/admin/pganalytics/monitoreddatabase/{database.pk}/change/"
+
+    page = admin_client.get(url).content.decode()
+    listing = admin_client.get("/admin/pganalytics/monitoreddatabase/").content.decode()
+    assert "s3cret-pw" not in page and "s3cret-pw" not in listing
+    assert "postgresql://monitor:***@127.0.0.1:1/nowhere" in page
+
+    response = admin_client.post(url, {"name": "app", "dsn": "", "enabled": "on"})
+    assert response.status_code == 302
+    database.refresh_from_db()
+    assert database.dsn == DOWN_DSN
+
+    admin_client.post(url, {"name": "app", "dsn": "host=elsewhere password=new-pw", "enabled": ""})
+    database.refresh_from_db()
+    assert (database.dsn, database.enabled) == ("host=elsewhere password=new-pw", False)
+
+
+def test_the_admin_collect_action_reports_failures_without_the_password(admin_client):
+    database = MonitoredDatabase.objects.create(name="down", dsn=DOWN_DSN)
+
+    response = admin_client.post(
+        "/admin/pganalytics/monitoreddatabase/",
+        {"action": "collect_now", "_selected_action": [database.pk]},
+        follow=True,
+    )
+
+    page = response.content.decode()
+    assert "down: cannot connect to" in page
+    assert "s3cret-pw" not in page

@@ -1,0 +1,108 @@
+"""Admin for monitored databases and what collection stored.
+
+The DSN holds a password, so it is never rendered back: the field is a password input
+that starts empty, leaving it empty on edit keeps the stored DSN, and everywhere else
+(lists, page titles, the admin log's object names, errors) the masked DSN is shown.
+"""
+
+from django import forms
+from django.contrib import admin, messages
+from psycopg import conninfo
+
+from pganalytics.collector import CollectionError, collect
+from pganalytics.models import MonitoredDatabase, Query, Snapshot
+
+
+class SecretDSNField(forms.CharField):
+    """A DSN typed into a password input; only a value typed in counts as a change."""
+
+    widget = forms.PasswordInput(render_value=False)
+
+    def has_changed(self, initial, data):
+        return bool(data)
+
+
+class MonitoredDatabaseForm(forms.ModelForm):
+    dsn = SecretDSNField(
+        label="DSN",
+        required=False,
+        help_text="libpq URL (postgresql://user:password@host:5432/db) or key=value string. "
+        "The stored value is never shown; leave empty to keep it.",
+    )
+
+    class Meta:
+        model = MonitoredDatabase
+        fields = ["name", "dsn", "enabled"]
+
+    def clean_dsn(self):
+        dsn = self.cleaned_data["dsn"]
+        if not dsn:
+            if self.instance.pk:
+                return self.instance.dsn
+            raise forms.ValidationError("A DSN is required.")
+        try:
+            conninfo.conninfo_to_dict(dsn)
+        except Exception:  # never echo the value: it holds the password
+            raise forms.ValidationError("Not a valid libpq URL or key=value string.") from None
+        return dsn
+
+
+@admin.register(MonitoredDatabase)
+class MonitoredDatabaseAdmin(admin.ModelAdmin):
+    form = MonitoredDatabaseForm
+    list_display = ["name", "masked_dsn", "enabled", "last_collected_at", "last_error"]
+    list_filter = ["enabled"]
+    search_fields = ["name"]
+    readonly_fields = ["masked_dsn", "created_at", "last_collected_at", "last_error"]
+    actions = ["collect_now"]
+
+    @admin.display(description="DSN (masked)")
+    def masked_dsn(self, database):
+        return database.masked_dsn
+
+    @admin.action(description="Collect a snapshot now")
+    def collect_now(self, request, queryset):
+        for database in queryset:
+            try:
+                snapshot = collect(database)
+            except CollectionError as error:
+                self.message_user(request, str(error), messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    f"{database.name}: snapshot of {snapshot.statement_count} statements "
+                    f"in {snapshot.duration_ms:.0f} ms",
+                    messages.SUCCESS,
+                )
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Collected data: written by collection only, browsable and deletable here."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Snapshot)
+class SnapshotAdmin(ReadOnlyAdmin):
+    list_display = [
+        "database", "taken_at", "statement_count", "reset_detected", "duration_ms", "stats_reset"
+    ]
+    list_filter = ["database", "reset_detected"]
+    date_hierarchy = "taken_at"
+    list_select_related = ["database"]
+
+
+@admin.register(Query)
+class QueryAdmin(ReadOnlyAdmin):
+    list_display = ["fingerprint", "database", "short_text", "parsed", "first_seen", "last_seen"]
+    list_filter = ["database", "parsed"]
+    search_fields = ["fingerprint", "text"]
+    list_select_related = ["database"]
+
+    @admin.display(description="text")
+    def short_text(self, query):
+        return query.text if len(query.text) <= 100 else query.text[:99] + "…"
