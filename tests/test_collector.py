@@ -1,10 +1,12 @@
 """Collection against real PostgreSQL with pg_stat_statements: snapshots, deltas, resets,
 failing targets, and the DSN password kept out of everything shown."""
 
+import io
 import os
 
 import psycopg
 import pytest
+from django.core.management import CommandError, call_command
 
 from pganalytics.collector import MARKER, CollectionError, collect, collect_all
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
@@ -243,3 +245,21 @@ def test_the_admin_collect_action_reports_failures_without_the_password(admin_cl
     page = response.content.decode()
     assert "down: cannot connect to" in page
     assert "s3cret-pw" not in page
+
+
+def test_the_collect_command_reports_each_database_and_fails_if_one_did(target, monitored):
+    MonitoredDatabase.objects.create(name="down", dsn=DOWN_DSN)
+    out, err = io.StringIO(), io.StringIO()
+
+    with pytest.raises(CommandError, match="1 database"):
+        call_command("collect", stdout=out, stderr=err)
+
+    assert out.getvalue().startswith("ok target: ")
+    assert err.getvalue().startswith("FAILED down: cannot connect to ")
+    assert "s3cret-pw" not in err.getvalue()
+    call_command("collect", "--database", "target", stdout=out, stderr=err)
+    assert Snapshot.objects.filter(database=monitored).count() == 2
+    with pytest.raises(CommandError, match="no enabled monitored database named 'nope'"):
+        call_command("collect", "--database", "nope")
+    with pytest.raises(CommandError, match="--every 'soon'"):
+        call_command("collect", "--every", "soon")
