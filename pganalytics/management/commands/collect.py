@@ -28,7 +28,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--database", metavar="NAME", help="only this monitored database")
         parser.add_argument(
-            "--every", metavar="DURATION", help="repeat at this interval (60s, 5m, ...) until Ctrl-C"
+            "--every",
+            metavar="DURATION",
+            help="repeat at this interval (60s, 5m, ...) until Ctrl-C",
         )
 
     def handle(self, *args, database=None, every=None, **options):
