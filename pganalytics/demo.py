@@ -1,0 +1,190 @@
+"""The demo: a sample database, a varied workload and real snapshots, in well under a minute.
+
+It monitors `pganalytics_demo` on the app's own server under the name `demo` and plays a
+small shop's traffic between snapshots: fast indexed lookups, seq scans of an unindexed
+table that grows every interval, aggregates, a join, writes. Near the end two things
+change, as they do in production: an index is dropped (orders-by-customer lookups turn into
+seq scans and regress) and the email lookups' call rate jumps twentyfold. The earlier
+intervals give the anomaly baseline, the last ones stand out against it.
+
+Running it again starts over: the schema is recreated, the demo database's statistics are
+reset (for that database only: others on the server are monitored or tested too) and its
+earlier snapshots are deleted.
+"""
+
+import random
+import time
+
+import psycopg
+
+from pganalytics.collector import collect
+from pganalytics.models import MonitoredDatabase
+from pganalytics.targets import ensure_database, local_dsn, reset_statements
+
+DEMO_NAME = "demo"
+DEMO_DATABASE = "pganalytics_demo"
+DEFAULT_SNAPSHOTS = 11
+CUSTOMERS, ORDERS, EVENTS = 20_000, 100_000, 50_000
+EVENTS_GROWTH_PER_ROUND = 25_000
+REGRESSED_INDEX = "orders_customer"
+EVENT_KINDS = ("view", "cart", "checkout", "refund", "login")
+COUNTRIES = ("fr", "de", "us", "jp", "br")
+WORDS = ("alpha", "bravo", "delta", "kilo", "oscar", "tango", "zulu")
+
+SCHEMA = """
+DROP TABLE IF EXISTS events, orders, customers;
+CREATE TABLE customers (
+    id int PRIMARY KEY, email text NOT NULL UNIQUE, country text NOT NULL,
+    created_at timestamptz NOT NULL);
+INSERT INTO customers
+    SELECT i, 'customer' || i || '@example.com', (ARRAY['fr', 'de', 'us', 'jp', 'br'])[1 + i % 5],
+           now() - i * interval '1 hour'
+    FROM generate_series(1, {customers}) i;
+CREATE TABLE orders (
+    id int PRIMARY KEY, customer_id int NOT NULL REFERENCES customers, status text NOT NULL,
+    total numeric(10, 2) NOT NULL, ordered_at timestamptz NOT NULL);
+INSERT INTO orders
+    SELECT i, 1 + (i * 7919) % {customers},
+           (ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + i % 4], (i % 500) + 0.99,
+           now() - (i % 2000) * interval '1 hour'
+    FROM generate_series(1, {orders}) i;
+CREATE INDEX {index} ON orders (customer_id);
+-- Deliberately unindexed but for its key: every lookup below is a seq scan.
+CREATE TABLE events (
+    id bigserial PRIMARY KEY, customer_id int NOT NULL, kind text NOT NULL,
+    payload text NOT NULL, at timestamptz NOT NULL);
+ANALYZE customers, orders;
+"""
+CUSTOMER_BY_ID = "SELECT id, email, country FROM customers WHERE id = %s"
+CUSTOMER_BY_EMAIL = "SELECT id FROM customers WHERE email = %s"
+ORDERS_OF_CUSTOMER = (
+    "SELECT id, status, total FROM orders WHERE customer_id = %s ORDER BY ordered_at"
+)
+EVENTS_OF_CUSTOMER = "SELECT count(*) FROM events WHERE customer_id = %s AND kind = %s"
+EVENTS_MATCHING = "SELECT count(*) FROM events WHERE payload LIKE %s"
+ORDERS_BY_STATUS = "SELECT status, count(*), sum(total) FROM orders GROUP BY status"
+REVENUE_BY_COUNTRY = (
+    "SELECT c.country, count(*), sum(o.total) FROM customers c"
+    " JOIN orders o ON o.customer_id = c.id WHERE o.ordered_at > now() - %s::interval"
+    " GROUP BY c.country ORDER BY 3 DESC"
+)
+MOVE_CUSTOMER = "UPDATE customers SET country = %s WHERE id = %s"
+GROW_EVENTS = """
+INSERT INTO events (customer_id, kind, payload, at)
+    SELECT 1 + (random() * (%(customers)s - 1))::int,
+           (%(kinds)s::text[])[1 + (random() * 4)::int],
+           md5(random()::text) || ' ' || (%(words)s::text[])[1 + (random() * 6)::int],
+           now()
+    FROM generate_series(1, %(rows)s)
+"""
+
+
+def run_demo(*, snapshots=DEFAULT_SNAPSHOTS, scale=1.0, dbname=DEMO_DATABASE, report=print):
+    """Set up, play the workload, collect `snapshots` snapshots; returns the MonitoredDatabase."""
+    started = time.monotonic()
+    customers, orders, events, growth = (
+        max(10, int(rows * scale)) for rows in (CUSTOMERS, ORDERS, EVENTS, EVENTS_GROWTH_PER_ROUND)
+    )
+    if ensure_database(dbname):
+        report(f"created database {dbname} with pg_stat_statements")
+    database = register(dbname)
+    report(f"monitored database {database.name!r}: {database.masked_dsn} (history cleared)")
+    change_round = max(1, snapshots - 2)
+    workload = Workload(customers, random.Random(42))
+    with psycopg.connect(local_dsn(dbname), autocommit=True) as connection:
+        connection.execute(
+            SCHEMA.format(index=REGRESSED_INDEX, customers=customers, orders=orders)
+        )
+        workload.grow_events(connection, events)
+        report(
+            f"schema: customers {customers:,} rows, orders {orders:,} (indexed by customer), "
+            f"events {events:,} (unindexed, grows {growth:,} rows per interval)"
+        )
+        reset_statements(connection)
+        for number in range(snapshots):
+            if number == change_round:
+                connection.execute(f"DROP INDEX {REGRESSED_INDEX}")
+                report(
+                    f"interval {number}: dropped index {REGRESSED_INDEX} (orders-by-customer now "
+                    f"scans the table) and email lookups jump from "
+                    f"{Workload.EMAIL_CALLS} to {Workload.EMAIL_CALLS_AFTER_JUMP} per interval"
+                )
+            workload.play(connection, jumped=number >= change_round)
+            workload.grow_events(connection, growth)
+            snapshot = collect(database)
+            report(describe(snapshot, number + 1, snapshots))
+    report(
+        f"done in {time.monotonic() - started:.1f} s: {snapshots} snapshots of {database.name!r}; "
+        f"more with: manage.py collect --database {database.name}"
+    )
+    return database
+
+
+def register(dbname):
+    """The `demo` MonitoredDatabase pointing at `dbname`, without earlier history."""
+    database, _ = MonitoredDatabase.objects.update_or_create(
+        name=DEMO_NAME, defaults={"dsn": local_dsn(dbname), "enabled": True, "last_error": ""}
+    )
+    database.snapshots.all().delete()
+    database.queries.all().delete()
+    return database
+
+
+def describe(snapshot, number, total):
+    line = f"snapshot {number}/{total}: {snapshot.statement_count} statements"
+    top = (
+        snapshot.stats.filter(delta_total_exec_time__isnull=False)
+        .select_related("query")
+        .order_by("-delta_total_exec_time")
+        .first()
+    )
+    if top is None:
+        return line + " (the first: interval deltas start with the next one)"
+    text = " ".join(top.query.text.split())
+    return (
+        f"{line}; slowest in the interval: {top.delta_total_exec_time:.0f} ms total, "
+        f"{top.delta_calls} calls: {text[:70]}"
+    )
+
+
+class Workload:
+    """One interval of the shop's traffic, with parameters from a seeded generator."""
+
+    EMAIL_CALLS = 30
+    EMAIL_CALLS_AFTER_JUMP = 600
+
+    def __init__(self, customers, rng):
+        self.customers = customers
+        self.rng = rng
+
+    def customer(self):
+        return self.rng.randint(1, self.customers)
+
+    def play(self, connection, *, jumped):
+        email_calls = self.EMAIL_CALLS_AFTER_JUMP if jumped else self.EMAIL_CALLS
+        customer = self.customer
+        traffic = [
+            (CUSTOMER_BY_ID, 300, lambda: [customer()]),
+            (CUSTOMER_BY_EMAIL, email_calls, lambda: [f"customer{customer()}@example.com"]),
+            (ORDERS_OF_CUSTOMER, 60, lambda: [customer()]),
+            (EVENTS_OF_CUSTOMER, 10, lambda: [customer(), self.rng.choice(EVENT_KINDS)]),
+            (EVENTS_MATCHING, 3, lambda: [f"%{self.rng.choice(WORDS)}%"]),
+            (ORDERS_BY_STATUS, 5, list),
+            (REVENUE_BY_COUNTRY, 3, lambda: [f"{self.rng.randint(1, 60)} days"]),
+            (MOVE_CUSTOMER, 50, lambda: [self.rng.choice(COUNTRIES), customer()]),
+        ]
+        with connection.pipeline():
+            for statement, calls, parameters in traffic:
+                for _ in range(calls):
+                    connection.execute(statement, parameters())
+
+    def grow_events(self, connection, rows):
+        connection.execute(
+            GROW_EVENTS,
+            {
+                "customers": self.customers,
+                "rows": rows,
+                "kinds": list(EVENT_KINDS),
+                "words": list(WORDS),
+            },
+        )

@@ -1,0 +1,54 @@
+"""The demo against the real local server: snapshots, a regression and a call-rate jump."""
+
+import io
+import os
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from pganalytics.demo import CUSTOMER_BY_EMAIL, DEMO_NAME, ORDERS_OF_CUSTOMER, run_demo
+from pganalytics.models import MonitoredDatabase, QueryStat
+from pganalytics.targets import drop_database
+
+SNAPSHOTS = 5
+
+
+@pytest.fixture
+def demo_dbname():
+    name = f"pganalytics_demo_{os.environ.get('PYTEST_DB_SUFFIX', 'main')}_{os.getpid()}"
+    yield name
+    drop_database(name)
+
+
+def intervals_of(database, statement):
+    """(delta_calls, delta_mean_exec_time) of `statement` per snapshot, oldest first."""
+    prefix = statement.split("%s")[0]
+    return list(
+        QueryStat.objects.filter(snapshot__database=database, query__text__startswith=prefix)
+        .order_by("snapshot__taken_at")
+        .values_list("delta_calls", "delta_mean_exec_time")
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_collects_snapshots_with_a_regression_and_a_call_rate_jump(demo_dbname):
+    lines = []
+    run_demo(snapshots=SNAPSHOTS, scale=0.1, dbname=demo_dbname, report=lines.append)
+    database = run_demo(snapshots=SNAPSHOTS, scale=0.1, dbname=demo_dbname, report=lines.append)
+
+    assert database.name == DEMO_NAME and MonitoredDatabase.objects.count() == 1
+    assert database.snapshots.count() == SNAPSHOTS  # the second run started over
+    orders = intervals_of(database, ORDERS_OF_CUSTOMER)
+    emails = intervals_of(database, CUSTOMER_BY_EMAIL)
+    assert orders[0] == (None, None) and emails[0] == (None, None)  # first snapshot
+    assert [calls for calls, _ in emails[1:]] == [30, 30, 600, 600]
+    indexed, scanning = orders[1][1], orders[-1][1]
+    assert scanning > 5 * indexed
+    assert not database.snapshots.filter(reset_detected=True).exists()
+    assert lines[-1].startswith("done in ") and f"{SNAPSHOTS} snapshots of 'demo'" in lines[-1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_command_rejects_too_few_snapshots():
+    with pytest.raises(CommandError, match="--snapshots must be at least 3"):
+        call_command("demo", "--snapshots", "1", stdout=io.StringIO())
