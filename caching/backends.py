@@ -112,6 +112,11 @@ class Store:
         return count
 
 
+def _unpack(entry):
+    """The value an entry holds (get() inlines this on its hot path)."""
+    return pickle.loads(entry[0]) if entry[2] else entry[0]
+
+
 def store_for(location):
     with _stores_lock:
         return _stores.setdefault(location, Store())
@@ -207,7 +212,7 @@ class TTLLRUCache(BaseCache):
             entry = store.live(key, now)
             if entry is None:
                 raise ValueError("Key '%s' not found" % key)
-            new_value = (pickle.loads(entry[0]) if entry[2] else entry[0]) + delta
+            new_value = _unpack(entry) + delta
             store.entries[key] = (pickle.dumps(new_value, self.pickle_protocol), entry[1], True)
             store.entries.move_to_end(key)
         return new_value
@@ -229,18 +234,30 @@ class TTLLRUCache(BaseCache):
             return True
 
     def get_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
-        """As BaseCache.get_or_set, but concurrent misses of one key call `default` once."""
+        """As BaseCache.get_or_set, but concurrent misses of one key call `default` once.
+
+        Each call counts as one get: a hit, or a miss (also for the callers that waited
+        for another thread's computation).
+        """
         value = self.get(key, _MISSING, version=version)
         if value is not _MISSING:
             return value
         with self._store.flights.hold(self.make_key(key, version)):
-            value = self.get(key, _MISSING, version=version)
+            value = self._peek(key, version)
             if value is not _MISSING:
                 return value
             if callable(default):
                 default = default()
             self.add(key, default, timeout=timeout, version=version)
-            return self.get(key, default, version=version)
+            return default
+
+    def _peek(self, key, version):
+        """The live value under `key` or _MISSING, without touching LRU order or counters."""
+        key = self.make_and_validate_key(key, version)
+        store = self._store
+        with store.lock:
+            entry = store.live(key, _clock())
+        return _MISSING if entry is None else _unpack(entry)
 
     def clear(self):
         self.clear_counting()
