@@ -1,9 +1,39 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
+from pganalytics import api, views
 from pganalytics.health import healthz
+
+pages = (
+    [
+        path("", views.databases, name="databases"),
+        path("databases/<int:database_id>/", views.top_queries, name="top_queries"),
+        path(
+            "databases/<int:database_id>/queries/<str:fingerprint>/",
+            views.query_detail,
+            name="query_detail",
+        ),
+        path("anomalies/", views.anomalies, name="anomalies"),
+    ],
+    "pganalytics",
+)
+api_v1 = (
+    [
+        path("databases/", api.databases, name="databases"),
+        path("databases/<int:database_id>/queries/", api.top_queries, name="top_queries"),
+        path(
+            "databases/<int:database_id>/queries/<str:fingerprint>/",
+            api.query_detail,
+            name="query_detail",
+        ),
+        path("anomalies/", api.anomalies, name="anomalies"),
+    ],
+    "api",
+)
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("", include(pages)),
 ]

@@ -11,38 +11,11 @@ from django.core.management import CommandError, call_command
 from pganalytics.collector import MARKER, CollectionError, collect, collect_all
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 from pganalytics.signals import snapshot_collected
-from pganalytics.targets import drop_database, ensure_database, local_dsn, reset_statements
+from pganalytics.targets import drop_database, local_dsn, reset_statements
 
 LOOKUP = "SELECT count(*) FROM items WHERE id = %s"
 RANGE = "SELECT id FROM items WHERE id > %s ORDER BY id LIMIT 3"
 DOWN_DSN = "postgresql://monitor:s3cret-pw@127.0.0.1:1/nowhere?connect_timeout=2"
-
-
-@pytest.fixture(scope="session")
-def target_name():
-    """A scratch database for this test session, dropped at the end."""
-    name = f"pganalytics_target_{os.environ.get('PYTEST_DB_SUFFIX', 'main')}_{os.getpid()}"
-    ensure_database(name)
-    with psycopg.connect(local_dsn(name), autocommit=True) as connection:
-        connection.execute("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY)")
-        connection.execute(
-            "INSERT INTO items SELECT generate_series(1, 100) ON CONFLICT DO NOTHING"
-        )
-    yield name
-    drop_database(name)
-
-
-@pytest.fixture
-def target(target_name):
-    """A connection to the scratch database, its statistics reset for a clean start."""
-    with psycopg.connect(local_dsn(target_name), autocommit=True) as connection:
-        reset_statements(connection)
-        yield connection
-
-
-@pytest.fixture
-def monitored(db, target_name):
-    return MonitoredDatabase.objects.create(name="target", dsn=local_dsn(target_name))
 
 
 def run(connection, statement, times):
