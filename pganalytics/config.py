@@ -26,6 +26,17 @@ def parse_duration(text):
     return float(match[1]) * _SECONDS_PER_UNIT[match[2]]
 
 
+def parse_period(text):
+    """Seconds > 0 from a duration text (an interval or a window); ValueError saying why not."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        raise ValueError("expected a duration such as 90s, 15m or 1h") from None
+    if seconds <= 0:
+        raise ValueError("must be longer than 0")
+    return seconds
+
+
 class Config:
     """Reads variables from a mapping (os.environ by default) through django-environ."""
 

@@ -18,7 +18,7 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from pganalytics import anomalies, explain, features
-from pganalytics.config import parse_duration
+from pganalytics.config import parse_period
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 
 ORDERINGS = {"total": "-total_ms", "mean": "-mean_ms", "calls": "-calls"}
@@ -46,12 +46,9 @@ def data_version(database_id=None):
 
 def parse_window(text):
     try:
-        seconds = parse_duration(text)
-    except ValueError:
-        raise BadRequest(f"window={text!r}: expected a duration such as 15m, 1h or 86400")
-    if seconds <= 0:
-        raise BadRequest(f"window={text!r}: must be longer than 0")
-    return timedelta(seconds=seconds)
+        return timedelta(seconds=parse_period(text))
+    except ValueError as error:
+        raise BadRequest(f"window={text!r}: {error}")
 
 
 def parse_order(text):

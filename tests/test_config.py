@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pganalytics.config import Config, ConfigError, parse_duration
+from pganalytics.config import Config, ConfigError, parse_duration, parse_period
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +24,15 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    "text, message", [("0", "must be longer than 0"), ("0ms", "must be longer"), ("soon", "such as")]
+)
+def test_periods_are_positive_durations(text, message):
+    assert parse_period("15m") == 900
+    with pytest.raises(ValueError, match=message):
+        parse_period(text)
 
 
 def test_defaults_apply_when_variables_are_unset():

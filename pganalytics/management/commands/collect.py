@@ -6,17 +6,14 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
 from pganalytics.collector import CollectionError, collect_all
-from pganalytics.config import parse_duration
+from pganalytics.config import parse_period
 
 
 def duration(text):
     try:
-        seconds = parse_duration(text)
-    except ValueError:
-        raise CommandError(f"--every {text!r}: expected a duration such as 60s, 5m or 1h")
-    if seconds <= 0:
-        raise CommandError(f"--every {text!r}: must be longer than 0")
-    return seconds
+        return parse_period(text)
+    except ValueError as error:
+        raise CommandError(f"--every {text!r}: {error}")
 
 
 class Command(BaseCommand):
