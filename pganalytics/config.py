@@ -1,5 +1,6 @@
 """Typed reading of the environment: every bad value stops start-up with one line naming it."""
 
+import ipaddress
 import re
 import sys
 from contextlib import contextmanager
@@ -96,6 +97,17 @@ class Config:
         if parts.scheme not in schemes or not parts.hostname:
             self._fail(name, raw, f"a URL such as {schemes[0]}://host:port")
         return raw.rstrip("/")
+
+    def networks(self, name, default):
+        """Comma-separated addresses or networks (`127.0.0.1`, `10.0.0.0/8`, `::1`); may be empty."""
+        raw = self._raw(name, default)
+        try:
+            return tuple(
+                ipaddress.ip_network(item.strip(), strict=False)
+                for item in raw.split(",") if item.strip()
+            )
+        except ValueError:
+            self._fail(name, raw, "IP addresses or networks separated by commas")
 
     def database(self, name, default):
         """Django's DATABASES entry for a postgres:// URL (password never echoed back)."""

@@ -24,11 +24,13 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_prometheus",
     "caching",
     "pganalytics",
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -36,6 +38,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "pganalytics.urls"
@@ -67,6 +70,8 @@ DATABASES = {
         max_lifetime=config.duration("DATABASE_CONN_MAX_LIFETIME", "1h"),
     )
 }
+# django-prometheus' engine: Django's own, with query and connection counters.
+DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- caches (caching/config.py) ---------------------------------------------------------
@@ -85,6 +90,12 @@ CACHES = named_caches(
     max_entries=CACHE_MAX_SIZE,
     enabled=CACHE_ENABLED,
 )
+
+# Extra panels of the admin's cache dashboard: title -> a callable returning a flat dict.
+CACHE_DASHBOARD_PANELS = {"Database pool": "pganalytics.db.pool_stats"}
+# Who may read /metrics: these addresses, or anyone with `Authorization: Bearer METRICS_TOKEN`.
+METRICS_ALLOWED_ADDRESSES = config.networks("METRICS_ALLOWED_ADDRESSES", "127.0.0.1,::1")
+METRICS_TOKEN = config.env.str("METRICS_TOKEN", default="")
 
 # --- ML service client (mlclient) -------------------------------------------------------
 ML_SERVICE_URL = config.url("ML_SERVICE_URL", "http://127.0.0.1:8081", schemes=("http", "https"))

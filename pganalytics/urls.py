@@ -1,8 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from caching.prometheus import metrics_view
 from pganalytics import api, views
 from pganalytics.health import healthz
+from pganalytics.metrics_access import metrics_access
 
 pages = (
     [
@@ -33,6 +35,7 @@ api_v1 = (
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_access(metrics_view), name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("", include(pages)),

@@ -1,0 +1,57 @@
+"""The named caches' metrics for Prometheus, correct with one process or many.
+
+The backends count in plain integers (a get must stay cheap). This module copies those
+counts into prometheus_client Counters and Gauges: `sync()` adds to each Counter what its
+cache counted since the last sync in this process, and sets the Gauges. It runs after every
+request this process serves and before every scrape it answers. Custom collectors do not
+work in prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR set before Python
+starts); plain Counters and Gauges do: each process writes its own file and a scrape sums
+them, counters of exited workers included, gauges of live ones only.
+"""
+
+import threading
+
+from django.http import HttpResponse
+from django_prometheus.exports import ExportToDjangoView
+from prometheus_client import Counter, Gauge
+
+from caching import registry
+
+COUNTED = ("hits", "misses", "evictions", "expirations")
+COUNTERS = {
+    field: Counter(f"cache_{field}", f"Named cache {field}, summed over processes", ["cache"])
+    for field in COUNTED
+}
+ENTRIES = Gauge(
+    "cache_entries", "Entries held, summed over live processes", ["cache"],
+    multiprocess_mode="livesum",
+)
+MAX_ENTRIES = Gauge(
+    "cache_max_entries", "Capacity, summed over live processes", ["cache"],
+    multiprocess_mode="livesum",
+)
+
+_exported = {}  # (cache, field) -> the backend's count at the last sync in this process
+_lock = threading.Lock()
+
+
+def sync(**signal_kwargs):
+    """Bring this process' Prometheus values up to its caches' counts (a signal receiver)."""
+    with _lock:
+        for described in registry.describe_all():
+            name = described["name"]
+            for field in COUNTED:
+                count = described[field]
+                previous = _exported.get((name, field), 0)
+                # A count below the last one means the backend started over (a new store).
+                added = count - previous if count >= previous else count
+                COUNTERS[field].labels(name).inc(added)  # inc(0) still shows the series
+                _exported[name, field] = count
+            ENTRIES.labels(name).set(described["entries"])
+            MAX_ENTRIES.labels(name).set(described["max_entries"])
+
+
+def metrics_view(request) -> HttpResponse:
+    """django-prometheus' exposition (request, DB and cache metrics), caches synced first."""
+    sync()
+    return ExportToDjangoView(request)
