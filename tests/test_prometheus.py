@@ -10,6 +10,7 @@ from django.core.cache import caches
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from caching import registry
 from pganalytics.config import Config, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,7 @@ def scrape(client=None, **headers):
 
 @pytest.mark.django_db
 def test_metrics_show_requests_queries_and_each_caches_counts():
+    registry.clear("fingerprints")
     cache = caches["fingerprints"]
     cache.set("k", "")
     cache.get("k")  # a falsy value: a hit
