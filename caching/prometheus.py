@@ -31,24 +31,37 @@ MAX_ENTRIES = Gauge(
     multiprocess_mode="livesum",
 )
 
-_exported = {}  # (cache, field) -> the backend's count at the last sync in this process
+_exported = {}  # (cache, field) -> the value at the last sync in this process
+_series = {}  # (cache, field) -> the labelled Counter or Gauge, created at the first sync
 _lock = threading.Lock()
 
 
+def series(name, field):
+    if (name, field) not in _series:
+        metric = COUNTERS.get(field) or {"entries": ENTRIES, "max_entries": MAX_ENTRIES}[field]
+        _series[name, field] = metric.labels(name)
+    return _series[name, field]
+
+
 def sync(**signal_kwargs):
-    """Bring this process' Prometheus values up to its caches' counts (a signal receiver)."""
+    """Bring this process' Prometheus values up to its caches' counts (a signal receiver).
+
+    Only what changed since the last sync is written: it runs after every request.
+    """
     with _lock:
         for described in registry.describe_all():
             name = described["name"]
-            for field in COUNTED:
-                count = described[field]
-                previous = _exported.get((name, field), 0)
-                # A count below the last one means the backend started over (a new store).
-                added = count - previous if count >= previous else count
-                COUNTERS[field].labels(name).inc(added)  # inc(0) still shows the series
-                _exported[name, field] = count
-            ENTRIES.labels(name).set(described["entries"])
-            MAX_ENTRIES.labels(name).set(described["max_entries"])
+            for field in (*COUNTED, "entries", "max_entries"):
+                value, previous = described[field], _exported.get((name, field))
+                if value == previous:
+                    continue
+                if field in COUNTED:
+                    # A count below the last one means the backend started over (a new store).
+                    added = value - previous if previous is not None and value >= previous else value
+                    series(name, field).inc(added)
+                else:
+                    series(name, field).set(value)
+                _exported[name, field] = value
 
 
 def metrics_view(request) -> HttpResponse:
