@@ -98,7 +98,13 @@ def run_check(**environment):
 
 @pytest.mark.parametrize(
     "name, value",
-    [("CACHE_MAX_SIZE", "-5"), ("FEATURE_CACHE_TTL", "soon"), ("DATABASE_URL", "nonsense")],
+    [
+        ("CACHE_MAX_SIZE", "-5"),
+        ("FEATURE_CACHE_TTL", "soon"),
+        ("DATABASE_URL", "nonsense"),
+        ("METRICS_ALLOWED_ADDRESSES", "everyone"),
+        ("CACHE_L2_URL", "redis://127.0.0.1:6379/1"),  # valid, but the tier is not built yet
+    ],
 )
 def test_start_up_stops_with_one_clear_line(name, value):
     result = run_check(**{name: value})
