@@ -62,6 +62,15 @@ def make_backend(kind, location, *, max_entries, cull_frequency=3, redis_url=Non
     raise ValueError(f"unknown backend {kind!r}")
 
 
+def discard(cache, keys):
+    """Drop what a run stored: on Redis only its own keys (clear() there is a FLUSHDB of a
+    database that may hold other data)."""
+    if isinstance(cache, RedisCache):
+        cache.delete_many(sorted(set(keys)))
+    else:
+        cache.clear()
+
+
 def run_read_through(cache, keys, name, progress=None):
     """Each read is a get; a miss is followed by a set of the value (a read-through)."""
     missing = object()

@@ -5,10 +5,12 @@ import json
 import pytest
 from django.core.cache import caches
 from django.core.management import call_command
+from redis import Redis
 
 from caching import registry
 from caching.config import named_caches
 
+BENCH_REDIS = "redis://127.0.0.1:6379/15"  # scripts/ensure-redis brings it up
 NAMED = ["default", "features", "predictions", "fingerprints", "explain", "anomalies", "responses"]
 
 
@@ -66,3 +68,20 @@ def test_bench_cache_command_prints_the_ratio_to_locmem(capsys):
     assert rows["LocMemCache"]["ratio"] == 1.0
     assert rows["TTLLRUCache"]["hit_ratio"] == rows["LocMemCache"]["hit_ratio"] > 0.5
     assert rows["TTLLRUCache"]["ratio"] > 0
+
+
+def test_bench_cache_on_redis_leaves_other_keys_of_that_database_alone(capsys):
+    redis = Redis.from_url(BENCH_REDIS)
+    redis.set("not-the-benchmarks", "kept")
+    try:
+        call_command(
+            "bench_cache", "--keys", "100", "--reads", "500", "--rounds", "1", "--json",
+            "--redis", BENCH_REDIS,
+        )
+        rows = {row["backend"]: row for row in json.loads(capsys.readouterr().out)}
+        assert rows["RedisCache"]["hit_ratio"] == rows["LocMemCache"]["hit_ratio"]
+        assert rows["RedisCache"]["ratio"] > 0
+        assert redis.get("not-the-benchmarks") == b"kept"
+        assert redis.keys("bench-*") == []  # the benchmark's own keys are gone
+    finally:
+        redis.delete("not-the-benchmarks")
