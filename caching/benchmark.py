@@ -12,6 +12,7 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.redis import RedisCache
 
 from caching.backends import TTLLRUCache
+from caching.tiered import TieredCache
 
 VALUE = {"fingerprint": "a1b2c3d4e5f60718", "mean_ms": 12.5, "calls": 1042, "rows": 3}
 CHUNK = 10_000
@@ -59,13 +60,15 @@ def make_backend(kind, location, *, max_entries, cull_frequency=3, redis_url=Non
         return LocMemCache(location, params)
     if kind == "RedisCache":
         return RedisCache(redis_url, {"TIMEOUT": 300, "KEY_PREFIX": location})
+    if kind == "TieredCache":
+        return TieredCache(location, {**params, "OPTIONS": {**params["OPTIONS"], "L2_URL": redis_url}})
     raise ValueError(f"unknown backend {kind!r}")
 
 
 def discard(cache, keys):
-    """Drop what a run stored: on Redis only its own keys (clear() there is a FLUSHDB of a
-    database that may hold other data)."""
-    if isinstance(cache, RedisCache):
+    """Drop what a run stored: on Redis only its own keys (RedisCache.clear() is a FLUSHDB
+    of a database that may hold other data)."""
+    if isinstance(cache, (RedisCache, TieredCache)):
         cache.delete_many(sorted(set(keys)))
     else:
         cache.clear()

@@ -49,7 +49,7 @@ def sync(**signal_kwargs):
     Only what changed since the last sync is written: it runs after every request.
     """
     with _lock:
-        for described in registry.describe_all():
+        for described in registry.describe_all(all_processes=False):
             name = described["name"]
             for field in (*COUNTED, "entries", "max_entries"):
                 value, previous = described[field], _exported.get((name, field))

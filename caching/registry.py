@@ -37,10 +37,16 @@ def _cache(name):
     return caches[name]
 
 
-def describe(name):
-    """Configuration and a metrics snapshot of one cache, as one flat dict."""
+def describe(name, all_processes=True):
+    """Configuration and a metrics snapshot of one cache, as one flat dict: summed over the
+    processes that share it when it has a second tier and `all_processes`."""
     cache = _cache(name)
-    metrics = cache.metrics() if hasattr(cache, "metrics") else PASS_THROUGH_METRICS
+    if all_processes and hasattr(cache, "metrics_all_processes"):
+        metrics = cache.metrics_all_processes()
+    elif hasattr(cache, "metrics"):
+        metrics = cache.metrics()
+    else:
+        metrics = PASS_THROUGH_METRICS
     return {
         "name": name,
         "backend": settings.CACHES[name]["BACKEND"],
@@ -49,8 +55,8 @@ def describe(name):
     }
 
 
-def describe_all():
-    return [describe(name) for name in names()]
+def describe_all(all_processes=True):
+    return [describe(name, all_processes) for name in names()]
 
 
 def clear(name):

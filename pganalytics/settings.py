@@ -7,7 +7,7 @@ manage.py and wsgi.py turn that into one line on stderr.
 from pathlib import Path
 
 from caching.config import named_caches
-from pganalytics.config import Config, ConfigError
+from pganalytics.config import Config
 from pganalytics.db import database_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -78,13 +78,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 CACHE_ENABLED = config.boolean("CACHE_ENABLED", True)
 CACHE_MAX_SIZE = config.integer("CACHE_MAX_SIZE", 10000, minimum=1)
 CACHE_L2_URL = config.url("CACHE_L2_URL", "", schemes=("redis", "rediss", "unix"))
-if CACHE_L2_URL:
-    # Refused rather than ignored: several workers with per-process caches only would serve
-    # each other's stale answers, which is what the second tier is for.
-    raise ConfigError(
-        f"CACHE_L2_URL={CACHE_L2_URL!r} is not supported yet: the Redis second tier is not "
-        "built; unset it (the caches then stay per process)"
-    )
 CACHES = named_caches(
     {
         "features": config.duration("FEATURE_CACHE_TTL", "15m"),
@@ -96,6 +89,7 @@ CACHES = named_caches(
     },
     max_entries=CACHE_MAX_SIZE,
     enabled=CACHE_ENABLED,
+    l2_url=CACHE_L2_URL,
 )
 
 # Extra panels of the admin's cache dashboard: title -> a callable returning a flat dict.

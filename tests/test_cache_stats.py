@@ -64,7 +64,7 @@ def test_a_running_servers_figures_come_from_its_metrics(live_server):
     anomalies = by_name(report)["anomalies"]
     assert anomalies["entries"] == 1
     assert anomalies["hits"] == caches["anomalies"].metrics()["hits"]
-    with pytest.raises(CommandError, match="act on this process only"):
+    with pytest.raises(CommandError, match="do not go through --server"):
         stats("--server", live_server.url, "--clear-all")
 
 

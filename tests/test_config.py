@@ -103,7 +103,7 @@ def run_check(**environment):
         ("FEATURE_CACHE_TTL", "soon"),
         ("DATABASE_URL", "nonsense"),
         ("METRICS_ALLOWED_ADDRESSES", "everyone"),
-        ("CACHE_L2_URL", "redis://127.0.0.1:6379/1"),  # valid, but the tier is not built yet
+        ("CACHE_L2_URL", "memcached://127.0.0.1"),
     ],
 )
 def test_start_up_stops_with_one_clear_line(name, value):

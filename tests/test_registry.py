@@ -61,6 +61,18 @@ def test_disabled_caching_passes_through_and_says_so(settings):
     assert registry.clear("features") == 0
 
 
+def test_with_a_second_tier_the_named_caches_are_tiered_and_described_over_processes(settings):
+    settings.CACHES = named_caches(
+        {"features": 900.0}, max_entries=10, l2_url="redis://127.0.0.1:6379/14"
+    )
+    assert settings.CACHES["features"]["BACKEND"] == "caching.tiered.TieredCache"
+    caches["features"].set("k", 1)
+    row = registry.describe("features")
+    assert row["tier"].startswith("memory + Redis (") and row["entries"] == 1
+    assert registry.describe("features", all_processes=False)["tier"] == "memory + Redis"
+    assert registry.clear("features") == 1 and caches["features"].get("k") is None
+
+
 def test_bench_cache_command_prints_the_ratio_to_locmem(capsys):
     call_command("bench_cache", "--keys", "200", "--reads", "2000", "--rounds", "1", "--json")
     rows = {row["backend"]: row for row in json.loads(capsys.readouterr().out)}
@@ -79,9 +91,11 @@ def test_bench_cache_on_redis_leaves_other_keys_of_that_database_alone(capsys):
             "--redis", BENCH_REDIS,
         )
         rows = {row["backend"]: row for row in json.loads(capsys.readouterr().out)}
-        assert rows["RedisCache"]["hit_ratio"] == rows["LocMemCache"]["hit_ratio"]
-        assert rows["RedisCache"]["ratio"] > 0
+        for kind in ("RedisCache", "TieredCache"):
+            assert rows[kind]["hit_ratio"] == rows["LocMemCache"]["hit_ratio"]
+            assert rows[kind]["ratio"] > 0
         assert redis.get("not-the-benchmarks") == b"kept"
-        assert redis.keys("bench-*") == []  # the benchmark's own keys are gone
+        left = [key for key in redis.keys("*bench-*") if not key.endswith(b":metrics")]
+        assert left == []  # the benchmark's entries are gone (process metrics expire in 60 s)
     finally:
         redis.delete("not-the-benchmarks")

@@ -1,6 +1,7 @@
 """`bench_cache`: TTLLRUCache against Django's LocMemCache (and Redis) on one workload, one run."""
 
 import json
+import os
 
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
@@ -22,7 +23,9 @@ class Command(BaseCommand):
         parser.add_argument("--keys", type=int, default=10_000, help="distinct keys")
         parser.add_argument("--reads", type=int, default=200_000, help="reads per round")
         parser.add_argument("--rounds", type=int, default=5, help="rounds; the best is kept")
-        parser.add_argument("--redis", metavar="URL", help="also run on Django's RedisCache")
+        parser.add_argument(
+            "--redis", metavar="URL", help="also run TieredCache over that Redis, and RedisCache"
+        )
         parser.add_argument("--eviction", action="store_true", help="run the eviction mode")
         parser.add_argument(
             "--sizes",
@@ -41,14 +44,16 @@ class Command(BaseCommand):
 
     def read_through(self, options):
         keys = benchmark.hot_cold_keys(options["keys"], options["reads"])
-        kinds = ["LocMemCache", "TTLLRUCache"] + (["RedisCache"] if options["redis"] else [])
+        kinds = ["LocMemCache", "TTLLRUCache"]
+        if options["redis"]:
+            kinds += ["TieredCache", "RedisCache"]
         best = {}
         with tqdm(total=len(kinds) * options["rounds"] * len(keys), unit="op", leave=False) as bar:
             for round_number in range(options["rounds"]):
                 for kind in kinds:
                     cache = benchmark.make_backend(
                         kind,
-                        f"bench-{round_number}-{kind}",
+                        f"bench-{os.getpid()}-{round_number}-{kind}",  # runs share Redis
                         max_entries=2 * options["keys"],
                         redis_url=options["redis"],
                     )

@@ -1,8 +1,9 @@
 """`cache_stats [--json] [--clear NAME | --clear-all] [--server URL]`: the named caches' figures.
 
-The caches live in each process's memory: on its own, this command sees (and clears) those
-of the process it runs in. `--server URL` reads a running server's figures instead, from its
-Prometheus endpoint (`URL/metrics`, open to loopback by default).
+With the Redis second tier (CACHE_L2_URL) the figures are summed over every live process
+and a clear reaches them all. Without it each process has its own caches: this command then
+sees and clears those of the process it runs in, and `--server URL` reads a running
+server's figures from its Prometheus endpoint (`URL/metrics`, open to loopback by default).
 """
 
 import json
@@ -30,8 +31,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if options["server"] and (options["clear"] or options["clear_all"]):
             raise CommandError(
-                "--clear/--clear-all act on this process only; clear a server's caches from "
-                "its admin cache dashboard"
+                "--clear/--clear-all do not go through --server: without CACHE_L2_URL, clear a "
+                "server's caches from its admin cache dashboard"
             )
         cleared = self.clear(options)
         rows = server_rows(options["server"]) if options["server"] else self.local_rows()

@@ -1,0 +1,341 @@
+"""TieredCache: a TTLLRUCache in front of a shared Redis, coherent across processes.
+
+Reads try this process's memory, then Redis; a Redis hit refills memory with the entry's
+remaining TTL. Writes go to both, and every write, delete and clear is published (see
+caching.coherence) so the other processes drop their copies. A clear bumps the cache's
+generation in Redis, which is part of every Redis key: the older entries become
+unreachable at once, for every process, and expire on their own. Concurrent misses of a
+key compute once per process (single-flight) and once across processes (a Redis lock with a
+timeout). When Redis fails, the cache serves from memory alone and counts the errors; the
+resubscription after the outage drops the memory copies that may have gone stale.
+
+Settings: OPTIONS["L2_URL"] (redis://...), plus TTLLRUCache's.
+"""
+
+import json
+import logging
+import pickle
+import threading
+import time
+
+import redis
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
+from django.core.exceptions import ImproperlyConfigured
+
+from caching.backends import _MISSING, TTLLRUCache, _clock
+from caching.coherence import listener_for
+
+LOCK_SECONDS = 30  # longest a computation may hold the cross-process lock of its key
+METRICS_STALE_SECONDS = 5  # a process that published nothing for this long is gone
+METRICS_KEY_SECONDS = 60
+REDIS_FAILED = object()  # what _l2 returns when Redis did not answer
+SUMMED = (
+    "gets", "hits", "misses", "sets", "deletes", "evictions", "expirations", "entries",
+    "max_entries", "l2_hits", "l2_errors",
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Tier:
+    """What the TieredCaches of one LOCATION share within a process, guarded by the L1
+    store's lock: the Redis generation, and counters of the second tier."""
+
+    def __init__(self, location, store, local_metrics):
+        self.location = location
+        self.store = store
+        self.local_metrics = local_metrics
+        self.generation = 0
+        self.invalidations = 0  # bumped whenever memory copies are dropped for coherence
+        self.l2_hits = self.refills = self.l2_errors = 0
+
+    @property
+    def generation_key(self):
+        return f"caching:{self.location}:generation"
+
+    @property
+    def metrics_key(self):
+        return f"caching:{self.location}:metrics"
+
+    def l2_key(self, l1_key):
+        return f"caching:{self.location}:{self.generation}:{l1_key}"
+
+    def changed_elsewhere(self, l1_key):
+        with self.store.lock:
+            self.store.entries.pop(l1_key, None)
+            self.invalidations += 1
+
+    def cleared_elsewhere(self, generation):
+        with self.store.lock:
+            self.generation = max(self.generation, generation)
+            self.store.remove_all()
+            self.invalidations += 1
+
+    def resync(self, client):
+        """After (re)subscribing: events may have been missed, so start from Redis again."""
+        self.cleared_elsewhere(int(client.get(self.generation_key) or 0))
+
+    def publish_metrics(self, client, token):
+        figures = {"at": time.time(), **self.local_metrics()}
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hset(self.metrics_key, token, json.dumps(figures))
+            pipe.expire(self.metrics_key, METRICS_KEY_SECONDS)
+            pipe.execute()
+
+    def count_error(self, error):
+        logger.warning("caching: Redis failed for %s (%s): memory only", self.location, error)
+        with self.store.lock:
+            self.l2_errors += 1
+
+
+_tiers = {}
+_tiers_lock = threading.Lock()
+
+
+class TieredCache(TTLLRUCache):
+    """TTLLRUCache (this process) + Redis (shared), coherent across processes."""
+
+    def __init__(self, name, params):
+        super().__init__(name, params)
+        url = params.get("OPTIONS", {}).get("L2_URL")
+        if not url:
+            raise ImproperlyConfigured(f"cache {name!r}: TieredCache needs OPTIONS['L2_URL']")
+        listener = listener_for(url)
+        self._listener = listener
+        self._redis = listener.client
+        self._token = listener.token
+        with _tiers_lock:
+            tier = _tiers.get((url, name))
+            if tier is None:
+                tier = _tiers[url, name] = Tier(name, self._store, self.metrics)
+        self._tier = tier
+        listener.register(tier)
+
+    # --- reading -----------------------------------------------------------------------
+
+    def get(self, key, default=None, version=None):
+        value = super().get(key, _MISSING, version=version)
+        if value is not _MISSING:
+            return value
+        return self._from_l2(self.make_and_validate_key(key, version), default)
+
+    def _from_l2(self, l1_key, default):
+        """The value Redis holds for `l1_key` (refilling memory with its TTL), or `default`."""
+        tier = self._tier
+        with self._store.lock:
+            seen, l2_key = tier.invalidations, tier.l2_key(l1_key)
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                payload, ttl_ms = pipe.get(l2_key).pttl(l2_key).execute()
+        except redis.RedisError as error:
+            tier.count_error(error)
+            return default
+        if payload is None or ttl_ms == -2:
+            return default
+        value = pickle.loads(payload)
+        entry = self._entry(value, None if ttl_ms == -1 else ttl_ms / 1000)
+        with self._store.lock:
+            tier.l2_hits += 1
+            if tier.invalidations == seen:  # else an event raced this read: do not keep it
+                self._store.put(l1_key, entry, _clock(), self._max_entries, self._cull_frequency)
+                tier.refills += 1
+        return value
+
+    def has_key(self, key, version=None):
+        if super().has_key(key, version=version):
+            return True
+        l1_key = self.make_and_validate_key(key, version)
+        exists = self._l2(l1_key, lambda pipe, l2_key: pipe.exists(l2_key), publish=False)
+        return exists is not REDIS_FAILED and bool(exists)
+
+    def get_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
+        """Concurrent misses compute once per process, then once across processes."""
+        value = self.get(key, _MISSING, version=version)
+        if value is not _MISSING:
+            return value
+        l1_key = self.make_and_validate_key(key, version)
+        with self._store.flights.hold(l1_key):
+            value = self._peek(key, version)
+            if value is _MISSING:
+                value = self._from_l2(l1_key, _MISSING)
+            if value is not _MISSING:
+                return value
+            lock = self._redis.lock(
+                self._tier.l2_key(l1_key) + ":lock",
+                timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS,
+            )
+            try:
+                locked = lock.acquire()
+            except redis.RedisError as error:
+                self._tier.count_error(error)
+                locked = False
+            try:
+                if locked:  # another process may have computed it while we waited
+                    value = self._from_l2(l1_key, _MISSING)
+                if value is _MISSING:
+                    value = default() if callable(default) else default
+                    self.set(key, value, timeout=timeout, version=version)
+            finally:
+                if locked:
+                    try:
+                        lock.release()
+                    except redis.RedisError:
+                        pass  # it expired while computing: the value is stored all the same
+            return value
+
+    # --- writing -----------------------------------------------------------------------
+
+    def _ttl_ms(self, timeout):
+        """Milliseconds for Redis; None never expires, <= 0 expires at once."""
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        return None if timeout is None else int(timeout * 1000)
+
+    def _l2(self, l1_key, commands, publish=True):
+        """Run `commands(pipe, l2_key)` in one round trip, publishing the change; the first
+        reply, or REDIS_FAILED (counted, logged: memory carries on alone)."""
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                commands(pipe, self._tier.l2_key(l1_key))
+                if publish:
+                    self._listener.publish(pipe, self.location, f"key {l1_key}")
+                return pipe.execute()[0]
+        except redis.RedisError as error:
+            self._tier.count_error(error)
+            return REDIS_FAILED
+
+    def _store_l2(self, pipe, l2_key, value, ttl_ms, **options):
+        if ttl_ms is not None and ttl_ms <= 0:
+            pipe.delete(l2_key)
+        else:
+            pipe.set(l2_key, pickle.dumps(value, self.pickle_protocol), px=ttl_ms, **options)
+
+    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        super().set(key, value, timeout=timeout, version=version)
+        ttl_ms = self._ttl_ms(timeout)
+        self._l2(
+            self.make_and_validate_key(key, version),
+            lambda pipe, l2_key: self._store_l2(pipe, l2_key, value, ttl_ms),
+        )
+
+    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        """Added only when no process holds the key: Redis decides (SET NX)."""
+        l1_key = self.make_and_validate_key(key, version)
+        ttl_ms = self._ttl_ms(timeout)
+        if ttl_ms is not None and ttl_ms <= 0:
+            exists = self._l2(l1_key, lambda pipe, l2_key: pipe.exists(l2_key), publish=False)
+            if exists is not REDIS_FAILED and exists:
+                return False
+            return super().add(key, value, timeout=timeout, version=version)
+        added = self._l2(
+            l1_key, lambda pipe, l2_key: self._store_l2(pipe, l2_key, value, ttl_ms, nx=True)
+        )
+        if added is REDIS_FAILED:  # memory decides
+            return super().add(key, value, timeout=timeout, version=version)
+        if added:
+            super().set(key, value, timeout=timeout, version=version)
+        return bool(added)
+
+    def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+        touched_here = super().touch(key, timeout=timeout, version=version)
+        ttl_ms = self._ttl_ms(timeout)
+
+        def commands(pipe, l2_key):
+            pipe.exists(l2_key)
+            if ttl_ms is None:
+                pipe.persist(l2_key)
+            else:
+                pipe.pexpire(l2_key, max(ttl_ms, 1))
+
+        exists = self._l2(self.make_and_validate_key(key, version), commands)
+        return touched_here if exists is REDIS_FAILED else bool(exists)
+
+    def incr(self, key, delta=1, version=None):
+        """Atomic across processes (a WATCH transaction on the Redis entry, TTL kept)."""
+        l1_key = self.make_and_validate_key(key, version)
+        l2_key = self._tier.l2_key(l1_key)
+
+        def increment(pipe):
+            payload = pipe.get(l2_key)
+            if payload is None:
+                raise ValueError("Key '%s' not found" % l1_key)
+            value = pickle.loads(payload) + delta
+            pipe.multi()
+            pipe.set(l2_key, pickle.dumps(value, self.pickle_protocol), keepttl=True)
+            return value
+
+        try:
+            value = self._redis.transaction(increment, l2_key, value_from_callable=True)
+        except redis.RedisError as error:
+            self._tier.count_error(error)
+            return super().incr(key, delta, version=version)
+        self._tier.changed_elsewhere(l1_key)  # the next read refills with the TTL kept
+        self._listener.publish(self._redis, self.location, f"key {l1_key}")
+        return value
+
+    def delete(self, key, version=None):
+        deleted_here = super().delete(key, version=version)
+        deleted = self._l2(
+            self.make_and_validate_key(key, version), lambda pipe, l2_key: pipe.delete(l2_key)
+        )
+        return deleted_here or (deleted is not REDIS_FAILED and bool(deleted))
+
+    def clear_counting(self):
+        """A new generation for every process; returns the entries this process held."""
+        tier = self._tier
+        try:
+            generation = self._redis.incr(tier.generation_key)
+        except redis.RedisError as error:
+            tier.count_error(error)
+            return super().clear_counting()
+        with self._store.lock:
+            tier.generation = max(tier.generation, generation)
+            tier.invalidations += 1
+        count = super().clear_counting()
+        self._listener.publish(self._redis, self.location, f"clear {generation}")
+        return count
+
+    # --- metrics -----------------------------------------------------------------------
+
+    def metrics(self):
+        """This process's figures; a hit in Redis counts as a hit, its refill not as a set."""
+        tier = self._tier
+        with self._store.lock:  # read before the L1 figures: each L2 hit follows an L1 miss
+            l2_hits, refills, l2_errors = tier.l2_hits, tier.refills, tier.l2_errors
+        figures = super().metrics()
+        hits, misses = figures["hits"] + l2_hits, figures["misses"] - l2_hits
+        return {
+            **figures,
+            "tier": "memory + Redis",
+            "hits": hits,
+            "misses": misses,
+            "hit_ratio": hits / (hits + misses) if hits + misses else 0.0,
+            "sets": figures["sets"] - refills,
+            "l2_hits": l2_hits,
+            "l2_errors": l2_errors,
+        }
+
+    def metrics_all_processes(self):
+        """The figures summed over every live process (those that published recently)."""
+        own = self.metrics()
+        try:
+            published = self._redis.hgetall(self._tier.metrics_key)
+        except redis.RedisError as error:
+            self._tier.count_error(error)
+            published = {}
+        now = time.time()
+        others = [
+            figures for figures in (json.loads(value) for field, value in published.items()
+                                    if field.decode() != self._token)
+            if now - figures["at"] <= METRICS_STALE_SECONDS
+        ]
+        summed = {name: own[name] + sum(other[name] for other in others) for name in SUMMED}
+        gets = summed["hits"] + summed["misses"]
+        clears = [f["last_clear"] for f in [own, *others] if f["last_clear"] is not None]
+        return {
+            **own,
+            **summed,
+            "tier": f"memory + Redis ({len(others) + 1} processes)",
+            "hit_ratio": summed["hits"] / gets if gets else 0.0,
+            "last_clear": max(clears, default=None),
+        }

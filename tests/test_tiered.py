@@ -1,0 +1,282 @@
+"""TieredCache against a real Redis: the second tier, and coherence between real processes."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from django.core.exceptions import ImproperlyConfigured
+
+from caching.tiered import TieredCache
+
+ROOT = Path(__file__).resolve().parent.parent
+L2_URL = "redis://127.0.0.1:6379/14"  # scripts/ensure-redis brings it up
+CHILD = """
+import json, os, sys, time
+import django
+django.setup()
+from caching.tiered import TieredCache
+cache = TieredCache(sys.argv[1], {"TIMEOUT": 300, "OPTIONS": {"L2_URL": sys.argv[2]}})
+print(json.dumps("ready"), flush=True)
+for line in sys.stdin:
+    op, *args = json.loads(line)
+    if op == "get_or_set":
+        result = cache.get_or_set(args[0], lambda: (time.sleep(0.5), os.getpid())[1])
+    elif op == "incr":
+        result = [cache.incr(args[0]) for _ in range(args[1])][-1]
+    elif op == "metrics":
+        result = cache.metrics()
+    else:
+        result = getattr(cache, op)(*args)
+    print(json.dumps(result), flush=True)
+"""
+
+
+def make(location, url=L2_URL, **options):
+    return TieredCache(location, {"TIMEOUT": 300, "OPTIONS": {"L2_URL": url, **options}})
+
+
+@pytest.fixture
+def location():
+    """A cache LOCATION of this test alone: its Redis keys cannot meet another test's."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def l2():
+    return redis.Redis.from_url(L2_URL)
+
+
+class Child:
+    """Another process with a TieredCache of the same LOCATION, driven over stdin/stdout."""
+
+    def __init__(self, location, url=L2_URL):
+        environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "pganalytics.settings"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", CHILD, location, url], cwd=ROOT, env=environment,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self.read() == "ready"
+
+    def read(self):
+        line = self.process.stdout.readline()
+        assert line, "the child process died"
+        return json.loads(line)
+
+    def __call__(self, op, *args):
+        self.process.stdin.write(json.dumps([op, *args]) + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def child_of():
+    children = []
+
+    def start(location, url=L2_URL):
+        children.append(Child(location, url))
+        return children[-1]
+
+    yield start
+    for child in children:
+        child.close()
+
+
+def eventually(check, seconds=3.0):
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not within %ss" % seconds
+        time.sleep(0.02)
+
+
+# --- one process --------------------------------------------------------------------------
+
+
+def test_a_miss_in_memory_is_answered_by_redis_with_the_remaining_ttl(location, l2):
+    cache = make(location)
+    cache.set("k", {"v": 0}, timeout=100)
+    cache.set("falsy", 0)
+    cache._store.remove_all()  # as if this process had never seen them
+    assert cache.get("k") == {"v": 0} and cache.get("falsy") == 0
+    entry = cache._store.entries[cache.make_key("k")]
+    assert 95 < entry[1] - time.monotonic() <= 100  # the TTL Redis had left, not a new one
+    metrics = cache.metrics()
+    assert (metrics["l2_hits"], metrics["hits"], metrics["misses"]) == (2, 2, 0)
+    assert metrics["sets"] == 2  # refills are not sets
+    assert l2.pttl(cache._tier.l2_key(cache.make_key("k"))) > 95_000
+
+
+def test_timeouts_none_and_zero_reach_redis(location, l2):
+    cache = make(location)
+    cache.set("forever", 1, timeout=None)
+    cache.set("gone", 1, timeout=0)
+    assert l2.pttl(cache._tier.l2_key(cache.make_key("forever"))) == -1
+    assert not l2.exists(cache._tier.l2_key(cache.make_key("gone")))
+    assert cache.get("gone") is None
+
+
+def test_add_asks_redis_so_a_key_held_elsewhere_is_not_overwritten(location):
+    cache = make(location)
+    cache.set("k", "first")
+    cache._store.remove_all()
+    assert cache.add("k", "second") is False and cache.get("k") == "first"
+    assert cache.add("new", 1) is True and cache.get("new") == 1
+
+
+def test_touch_incr_delete_has_key(location, l2):
+    cache = make(location)
+    cache.set("n", 1, timeout=5)
+    assert cache.touch("n", None) is True
+    assert l2.pttl(cache._tier.l2_key(cache.make_key("n"))) == -1
+    assert cache.incr("n", 4) == 5 and cache.get("n") == 5
+    with pytest.raises(ValueError):
+        cache.incr("absent")
+    cache._store.remove_all()
+    assert cache.has_key("n") and cache.delete("n") and not cache.has_key("n")
+    assert cache.touch("n") is False
+
+
+def test_clear_starts_a_new_generation(location, l2):
+    cache = make(location)
+    cache.set("k", 1)
+    old_key = cache._tier.l2_key(cache.make_key("k"))
+    assert cache.clear_counting() == 1
+    assert cache.get("k") is None and l2.exists(old_key)  # unreachable, left to expire
+    assert int(l2.get(f"caching:{location}:generation")) == 1
+
+
+# --- several processes ---------------------------------------------------------------------
+
+
+def test_writes_deletes_and_clears_reach_the_other_process(location, child_of):
+    cache, child = make(location), child_of(location)
+    cache.set("k", 1)
+    assert child("get", "k") == 1  # now in the child's memory too
+    cache.set("k", 2)
+    eventually(lambda: child("get", "k") == 2)
+    cache.delete("k")
+    eventually(lambda: child("get", "k") is None)
+
+    child("set", "j", "from the child")
+    assert cache.get("j") == "from the child"
+    cache.clear()
+    eventually(lambda: child("get", "j") is None)
+    child("set", "after", 1)
+    assert cache.get("after") == 1  # both write and read the new generation
+
+
+def test_incr_is_atomic_across_processes(location, child_of):
+    cache, child = make(location), child_of(location)
+    cache.set("n", 0)
+    increments = threading.Thread(target=child, args=("incr", "n", 200))
+    increments.start()
+    for _ in range(200):
+        cache.incr("n")
+    increments.join()
+    assert cache.get("n") == 400
+
+
+def test_get_or_set_computes_once_across_processes(location, child_of):
+    children = [child_of(location), child_of(location)]
+    results = []
+    threads = [
+        threading.Thread(target=lambda c=c: results.append(c("get_or_set", "slow")))
+        for c in children
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(results)) == 1  # one process computed it (its pid), the other waited
+    assert make(location).get("slow") == results[0]
+
+
+def test_the_admin_figures_sum_every_live_process(location, child_of):
+    cache, child = make(location), child_of(location)
+    child("set", "a", 1)
+    child("get", "a")
+    child("get", "b")
+    cache.get("c")
+
+    # each process publishes its figures every second
+    eventually(lambda: cache.metrics_all_processes()["gets"] == cache.metrics()["gets"] + 2)
+    total, own = cache.metrics_all_processes(), cache.metrics()
+    assert total["tier"] == "memory + Redis (2 processes)"
+    assert total["entries"] == own["entries"] + 1 and total["hits"] == own["hits"] + 1
+    assert total["misses"] == own["misses"] + 1
+
+
+# --- a Redis that goes away ----------------------------------------------------------------
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of this test's own, so it can be stopped and started again."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        eventually(lambda: _answers(client), seconds=10)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def _answers(client):
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
+
+
+def test_without_redis_memory_carries_on_and_stale_copies_go_when_it_returns(location):
+    server = RedisServer()
+    server.start()
+    try:
+        cache = make(location, url=server.url)
+        cache.set("k", "before")
+        server.stop()
+
+        assert cache.get("k") == "before"  # from memory
+        cache.set("k", "during")  # memory only: Redis is gone
+        assert cache.get("k") == "during" and cache.metrics()["l2_errors"] >= 1
+
+        server.start()  # empty: what was written during the outage is lost there
+        eventually(lambda: cache.get("k") is None, seconds=10)  # resubscribed: memory dropped
+        cache.set("k", "after")
+        assert cache.get("k") == "after"
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+
+
+def test_a_tiered_cache_needs_its_url():
+    with pytest.raises(ImproperlyConfigured, match="L2_URL"):
+        TieredCache("no-url", {"TIMEOUT": 300})
