@@ -301,7 +301,7 @@ def store(database, reading, started):
         snapshot.save(update_fields=["reset_detected", "duration_ms"])
         database.last_collected_at = reading.taken_at
         database.last_error = ""
-        database.save(update_fields=["last_collected_at", "last_error"])
+        database.save(update_fields=["last_collected_at", "last_error", "updated_at"])
         transaction.on_commit(
             partial(snapshot_collected.send, sender=Snapshot, snapshot=snapshot), robust=True
         )
@@ -366,7 +366,9 @@ def collect(database):
         reading = read_statements(database)
     except CollectionError as error:
         database.last_error = str(error)
-        MonitoredDatabase.objects.filter(pk=database.pk).update(last_error=database.last_error)
+        MonitoredDatabase.objects.filter(pk=database.pk).update(
+            last_error=database.last_error, updated_at=timezone.now()
+        )
         raise
     return store(database, reading, started)
 

@@ -24,6 +24,9 @@ class MonitoredDatabase(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_collected_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
+    updated_at = models.DateTimeField(
+        auto_now=True, help_text="Any change, a collection's outcome included: cached lists key on it."
+    )
 
     class Meta:
         ordering = ["name"]

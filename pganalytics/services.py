@@ -37,11 +37,17 @@ class BadRequest(ValueError):
 
 
 def data_version(database_id=None):
-    """The newest snapshot id of one database (or of all): the version of what depends on it."""
-    snapshots = Snapshot.objects.all()
+    """What the answers about one database (or all) depend on, as a cache `version`: its
+    newest snapshot id, and the last change to the monitored databases themselves (a
+    rename, a failed collection's error, one added or removed)."""
+    snapshots, monitored = Snapshot.objects.all(), MonitoredDatabase.objects.all()
     if database_id is not None:
         snapshots = snapshots.filter(database_id=database_id)
-    return snapshots.aggregate(newest=Max("id"))["newest"] or 0
+        monitored = monitored.filter(pk=database_id)
+    newest = snapshots.aggregate(newest=Max("id"))["newest"] or 0
+    changed = monitored.aggregate(changed=Max("updated_at"), count=Count("id"))
+    stamp = changed["changed"].timestamp() if changed["changed"] else 0
+    return f"{newest}.{stamp}.{changed['count']}"
 
 
 def parse_window(text):

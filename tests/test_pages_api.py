@@ -10,7 +10,7 @@ from django.core.cache import caches
 from django.utils import timezone
 
 from caching import registry
-from pganalytics.collector import collect
+from pganalytics.collector import CollectionError, collect
 from pganalytics.fingerprint import fingerprint
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 
@@ -195,6 +195,25 @@ def test_a_new_snapshot_invalidates_what_depends_on_it_and_keeps_plans(
     assert [point["calls"] for point in detail["history"]] == [15, 15, 4]
     assert caches["explain"].metrics()["hits"] == explain_hits + 1  # the plan did not change
     assert caches["features"].metrics()["misses"] == features_misses + 1  # recomputed
+
+
+def test_a_failed_collection_or_an_admin_edit_refreshes_the_database_list(
+    client_of, user, collected
+):
+    client = client_of(user)
+    get_json(client, "/api/v1/databases/")
+    assert get_json(client, "/api/v1/databases/")[0]["X-Cache"] == "hit"
+
+    collected.dsn = "host=127.0.0.1 port=1 dbname=gone connect_timeout=2"
+    collected.save()
+    response, body = get_json(client, "/api/v1/databases/")
+    assert response["X-Cache"] == "miss" and body["databases"][0]["dsn"] == collected.masked_dsn
+
+    with pytest.raises(CollectionError):
+        collect(collected)
+    response, body = get_json(client, "/api/v1/databases/")
+    assert response["X-Cache"] == "miss"
+    assert body["databases"][0]["last_error"].startswith("target: cannot connect")
 
 
 def constructed_history(name, means_ms, calls=60):
