@@ -39,7 +39,9 @@ def parse_period(text):
 
 
 class Config:
-    """Reads variables from a mapping (os.environ by default) through django-environ."""
+    """Reads variables from a mapping (os.environ by default); django-environ parses the
+    database URL. Values are taken as written: django-environ would read `$NAME` as a
+    reference to another variable, which silently swaps a secret starting with `$`."""
 
     def __init__(self, environ_mapping=None):
         self.env = environ.Env()
@@ -47,7 +49,16 @@ class Config:
             self.env.ENVIRON = environ_mapping
 
     def _raw(self, name, default):
-        return self.env.str(name, default=default)
+        return self.env.ENVIRON.get(name, default)
+
+    def text(self, name, default):
+        """The value as written (secrets, tokens)."""
+        return self._raw(name, default)
+
+    def words(self, name, default):
+        """Comma-separated values, blanks dropped (`ALLOWED_HOSTS`)."""
+        raw = self._raw(name, default)
+        return [item.strip() for item in raw.split(",") if item.strip()]
 
     def _fail(self, name, raw, expected):
         raise ConfigError(f"{name}={raw!r} is invalid: expected {expected}")
@@ -58,6 +69,21 @@ class Config:
             return parse_duration(raw)
         except ValueError:
             self._fail(name, raw, "a duration such as 900, 900s, 15m, 1h or 100ms")
+
+    def period(self, name, default):
+        """A duration longer than 0 (timeouts, lifetimes)."""
+        seconds = self.duration(name, default)
+        if seconds <= 0:
+            self._fail(name, self._raw(name, default), "a duration longer than 0")
+        return seconds
+
+    def cache_timeout(self, name, default):
+        """A cache TTL in whole seconds >= 1: Django truncates TIMEOUT to an int, so `100ms`
+        would become 0 (every entry expired at once) and `1500ms` 1."""
+        seconds = self.duration(name, default)
+        if seconds < 1 or seconds != int(seconds):
+            self._fail(name, self._raw(name, default), "whole seconds, at least 1s (e.g. 90s, 15m)")
+        return int(seconds)
 
     def integer(self, name, default, minimum=0):
         raw = self._raw(name, str(default))
@@ -93,9 +119,15 @@ class Config:
         raw = self._raw(name, default)
         if raw == "" and default == "":
             return ""
-        parts = urlsplit(raw)
-        if parts.scheme not in schemes or not parts.hostname:
-            self._fail(name, raw, f"a URL such as {schemes[0]}://host:port")
+        expected = f"a URL such as {schemes[0]}://host:port"
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+        except ValueError:
+            self._fail(name, _masked(raw), expected)
+        has_address = parts.path if parts.scheme == "unix" else parts.hostname
+        if parts.scheme not in schemes or not has_address:
+            self._fail(name, _masked(raw), expected)
         return raw.rstrip("/")
 
     def networks(self, name, default):
@@ -112,13 +144,25 @@ class Config:
     def database(self, name, default):
         """Django's DATABASES entry for a postgres:// URL (password never echoed back)."""
         raw = self._raw(name, default)
-        parts = urlsplit(raw)
-        shown = raw.replace(parts.password, "***") if parts.password else raw
+        expected = "a URL such as postgres://user@host:5432/dbname"
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+        except ValueError:
+            self._fail(name, _masked(raw), expected)
         if parts.scheme not in ("postgres", "postgresql", "pgsql") or not parts.path.strip("/"):
-            raise ConfigError(
-                f"{name}={shown!r} is invalid: expected a URL such as postgres://user@host:5432/dbname"
-            )
+            self._fail(name, _masked(raw), expected)
         return self.env.db_url_config(raw)
+
+
+def _masked(url):
+    """`url` with the password of its user part replaced by ***, for error messages."""
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not separator or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 @contextmanager

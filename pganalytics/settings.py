@@ -13,9 +13,9 @@ from pganalytics.db import database_settings
 BASE_DIR = Path(__file__).resolve().parent.parent
 config = Config()
 
-SECRET_KEY = config.env.str("SECRET_KEY", default="pganalytics-local-development-only")
+SECRET_KEY = config.text("SECRET_KEY", "pganalytics-local-development-only")
 DEBUG = config.boolean("DEBUG", True)
-ALLOWED_HOSTS = config.env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+ALLOWED_HOSTS = config.words("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -66,8 +66,8 @@ DATABASES = {
         pool=config.boolean("DATABASE_POOL", True),
         max_conns=config.integer("MAX_DATABASE_CONNS", 50, minimum=1),
         min_conns=config.integer("MAX_IDLE_DATABASE_CONNS", 15),
-        max_idle_time=config.duration("DATABASE_CONN_MAX_IDLE_TIME", "10m"),
-        max_lifetime=config.duration("DATABASE_CONN_MAX_LIFETIME", "1h"),
+        max_idle_time=config.period("DATABASE_CONN_MAX_IDLE_TIME", "10m"),
+        max_lifetime=config.period("DATABASE_CONN_MAX_LIFETIME", "1h"),
     )
 }
 # django-prometheus' engine: Django's own, with query and connection counters.
@@ -80,12 +80,12 @@ CACHE_MAX_SIZE = config.integer("CACHE_MAX_SIZE", 10000, minimum=1)
 CACHE_L2_URL = config.url("CACHE_L2_URL", "", schemes=("redis", "rediss", "unix"))
 CACHES = named_caches(
     {
-        "features": config.duration("FEATURE_CACHE_TTL", "15m"),
-        "predictions": config.duration("PREDICTION_CACHE_TTL", "5m"),
-        "fingerprints": config.duration("FINGERPRINT_CACHE_TTL", "10m"),
-        "explain": config.duration("EXPLAIN_CACHE_TTL", "30m"),
-        "anomalies": config.duration("ANOMALY_CACHE_TTL", "5m"),
-        "responses": config.duration("QUERY_RESULTS_CACHE_TTL", "10m"),
+        "features": config.cache_timeout("FEATURE_CACHE_TTL", "15m"),
+        "predictions": config.cache_timeout("PREDICTION_CACHE_TTL", "5m"),
+        "fingerprints": config.cache_timeout("FINGERPRINT_CACHE_TTL", "10m"),
+        "explain": config.cache_timeout("EXPLAIN_CACHE_TTL", "30m"),
+        "anomalies": config.cache_timeout("ANOMALY_CACHE_TTL", "5m"),
+        "responses": config.cache_timeout("QUERY_RESULTS_CACHE_TTL", "10m"),
     },
     max_entries=CACHE_MAX_SIZE,
     enabled=CACHE_ENABLED,
@@ -96,11 +96,11 @@ CACHES = named_caches(
 CACHE_DASHBOARD_PANELS = {"Database pool": "pganalytics.db.pool_stats"}
 # Who may read /metrics: these addresses, or anyone with `Authorization: Bearer METRICS_TOKEN`.
 METRICS_ALLOWED_ADDRESSES = config.networks("METRICS_ALLOWED_ADDRESSES", "127.0.0.1,::1")
-METRICS_TOKEN = config.env.str("METRICS_TOKEN", default="")
+METRICS_TOKEN = config.text("METRICS_TOKEN", "")
 
 # --- ML service client (mlclient) -------------------------------------------------------
 ML_SERVICE_URL = config.url("ML_SERVICE_URL", "http://127.0.0.1:8081", schemes=("http", "https"))
-ML_SERVICE_TIMEOUT = config.duration("ML_SERVICE_TIMEOUT", "5s")
+ML_SERVICE_TIMEOUT = config.period("ML_SERVICE_TIMEOUT", "5s")
 MAX_HTTP_CONNS = config.integer("MAX_HTTP_CONNS", 10, minimum=1)
 MAX_HTTP_CONNS_PER_HOST = config.integer("MAX_HTTP_CONNS_PER_HOST", 5, minimum=1)
 RETRY_MAX_ATTEMPTS = config.integer("RETRY_MAX_ATTEMPTS", 3)
@@ -108,10 +108,10 @@ RETRY_INITIAL_BACKOFF = config.duration("RETRY_INITIAL_BACKOFF", "100ms")
 RETRY_BACKOFF_MULTIPLIER = config.number("RETRY_BACKOFF_MULTIPLIER", 2.0, minimum=1.0)
 RETRY_MAX_BACKOFF = config.duration("RETRY_MAX_BACKOFF", "2s")
 CIRCUIT_FAILURE_THRESHOLD = config.integer("CIRCUIT_FAILURE_THRESHOLD", 5, minimum=1)
-CIRCUIT_RESET_TIMEOUT = config.duration("CIRCUIT_RESET_TIMEOUT", "30s")
+CIRCUIT_RESET_TIMEOUT = config.period("CIRCUIT_RESET_TIMEOUT", "30s")
 
 # --- analytics (pganalytics/explain.py, anomalies.py) -----------------------------------
-EXPLAIN_STATEMENT_TIMEOUT = config.duration("EXPLAIN_STATEMENT_TIMEOUT", "2s")
+EXPLAIN_STATEMENT_TIMEOUT = config.period("EXPLAIN_STATEMENT_TIMEOUT", "2s")
 ANOMALY_WINDOW = config.integer("ANOMALY_WINDOW", 48, minimum=1)  # intervals in the baseline
 ANOMALY_MIN_POINTS = config.integer("ANOMALY_MIN_POINTS", 8, minimum=1)  # needed for a verdict
 

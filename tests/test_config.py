@@ -75,6 +75,16 @@ def test_values_from_the_environment_are_typed():
         ("ML_SERVICE_URL", "localhost:8081", lambda c: c.url("ML_SERVICE_URL", "", ("http",))),
         ("DATABASE_URL", "nonsense", lambda c: c.database("DATABASE_URL", "postgres://h/d")),
         ("DATABASE_URL", "mysql://h/d", lambda c: c.database("DATABASE_URL", "postgres://h/d")),
+        ("DATABASE_URL", "postgres://h:abc/d", lambda c: c.database("DATABASE_URL", "")),
+        ("DATABASE_URL", "postgres://h:99999/d", lambda c: c.database("DATABASE_URL", "")),
+        ("DATABASE_URL", "postgres://[::1/d", lambda c: c.database("DATABASE_URL", "")),
+        ("ML_SERVICE_URL", "http://h:abc", lambda c: c.url("ML_SERVICE_URL", "", ("http",))),
+        ("ML_SERVICE_URL", "http:/h", lambda c: c.url("ML_SERVICE_URL", "", ("http",))),
+        ("CACHE_L2_URL", "redis://[bad", lambda c: c.url("CACHE_L2_URL", "", ("redis",))),
+        ("FEATURE_CACHE_TTL", "100ms", lambda c: c.cache_timeout("FEATURE_CACHE_TTL", "15m")),
+        ("FEATURE_CACHE_TTL", "1500ms", lambda c: c.cache_timeout("FEATURE_CACHE_TTL", "15m")),
+        ("FEATURE_CACHE_TTL", "0", lambda c: c.cache_timeout("FEATURE_CACHE_TTL", "15m")),
+        ("ML_SERVICE_TIMEOUT", "0s", lambda c: c.period("ML_SERVICE_TIMEOUT", "5s")),
     ],
 )
 def test_bad_values_name_the_variable_and_the_value(name, value, read):
@@ -83,10 +93,29 @@ def test_bad_values_name_the_variable_and_the_value(name, value, read):
     assert name in str(error.value) and repr(value) in str(error.value)
 
 
-def test_database_errors_never_echo_the_password():
+@pytest.mark.parametrize(
+    "url", ["postgres://u:s@host:5432/", "postgres://u:hunter2@host:abc/d", "postgres://u:p@ss@h:x/d"]
+)
+def test_database_errors_show_the_url_with_only_its_password_masked(url):
     with pytest.raises(ConfigError) as error:
-        Config({"DATABASE_URL": "postgres://u:hunter2@host/"}).database("DATABASE_URL", "")
-    assert "hunter2" not in str(error.value)
+        Config({"DATABASE_URL": url}).database("DATABASE_URL", "")
+    password = url.split("://u:")[1].rsplit("@", 1)[0]
+    shown = url.replace(f":{password}@", ":***@")
+    assert repr(shown) in str(error.value)
+
+
+def test_values_are_taken_as_written_not_as_references_to_other_variables():
+    config = Config({"SECRET_KEY": "$ecret", "FEATURE_CACHE_TTL": "$OTHER", "OTHER": "60"})
+    assert config.text("SECRET_KEY", "default") == "$ecret"
+    with pytest.raises(ConfigError, match="FEATURE_CACHE_TTL='\\$OTHER'"):
+        config.cache_timeout("FEATURE_CACHE_TTL", "15m")
+
+
+def test_cache_timeouts_are_whole_seconds_and_hosts_a_list():
+    config = Config({"FEATURE_CACHE_TTL": "1.5m", "ALLOWED_HOSTS": " a.example, ,b.example"})
+    assert config.cache_timeout("FEATURE_CACHE_TTL", "15m") == 90
+    assert config.words("ALLOWED_HOSTS", "") == ["a.example", "b.example"]
+    assert Config({"L2": "unix:///run/redis.sock"}).url("L2", "", ("unix",)) == "unix:///run/redis.sock"
 
 
 def run_check(**environment):
@@ -104,6 +133,8 @@ def run_check(**environment):
         ("DATABASE_URL", "nonsense"),
         ("METRICS_ALLOWED_ADDRESSES", "everyone"),
         ("CACHE_L2_URL", "memcached://127.0.0.1"),
+        ("CACHE_L2_URL", "redis://127.0.0.1:abc"),
+        ("DATABASE_URL", "postgres://localhost:abc/pganalytics"),
     ],
 )
 def test_start_up_stops_with_one_clear_line(name, value):
