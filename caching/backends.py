@@ -6,6 +6,11 @@ What differs is cost: the key check takes a fast path for plain keys, values of 
 built-in types are stored as they are (sharing them is safe), eviction pops from the LRU
 end of an OrderedDict instead of scanning, and expired entries are swept from a heap on
 writes instead of lingering until read.
+
+Where LocMemCache is loose, this backend is strict: MAX_ENTRIES is a hard bound (a cull
+drops at least one entry, and expired entries go before live ones; overwriting a key
+culls nothing), an expired key is absent for `delete` too (False), and `get_or_set`
+calls `default` once for concurrent misses of a key.
 """
 
 import heapq
@@ -14,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 
+from asgiref.sync import sync_to_async
 from django.core.cache.backends.base import (
     DEFAULT_TIMEOUT,
     MEMCACHE_MAX_KEY_LENGTH,
@@ -73,20 +79,26 @@ class Store:
         entries[key] = entry
         entries.move_to_end(key)
         self.sets += 1
+        self.schedule(key, entry[1], now)
+
+    def schedule(self, key, expires_at, now):
+        """Record when `key` expires; sweep a little when something is due, or when the heap
+        holds more stale pairs than live ones."""
         heap = self.expiry_heap
-        if entry[1] != NEVER:
-            heapq.heappush(heap, (entry[1], key))
-        if heap and (heap[0][0] <= now or len(heap) > 2 * len(entries) + 64):
+        if expires_at != NEVER:
+            heapq.heappush(heap, (expires_at, key))
+        if heap and (heap[0][0] <= now or len(heap) > 2 * len(self.entries) + 64):
             self.sweep(now, limit=SWEEP_PER_WRITE)
 
     def cull(self, cull_frequency):
-        """Drop the least recently used 1/cull_frequency of the entries (all for 0)."""
+        """Drop the least recently used 1/cull_frequency of the entries, at least one (all
+        for 0)."""
         entries = self.entries
         if cull_frequency == 0:
             self.evictions += len(entries)
             self.remove_all()
             return
-        for _ in range(max(1, len(entries) // cull_frequency)):
+        for _ in range(min(len(entries), max(1, len(entries) // cull_frequency))):
             entries.popitem(last=False)
             self.evictions += 1
 
@@ -119,7 +131,10 @@ def _unpack(entry):
 
 def store_for(location):
     with _stores_lock:
-        return _stores.setdefault(location, Store())
+        store = _stores.get(location)
+        if store is None:
+            store = _stores[location] = Store()
+        return store
 
 
 class TTLLRUCache(BaseCache):
@@ -201,8 +216,7 @@ class TTLLRUCache(BaseCache):
                 return False
             expires_at = self._expires_at(timeout)
             store.entries[key] = (entry[0], expires_at, entry[2])
-            if expires_at != NEVER:
-                heapq.heappush(store.expiry_heap, (expires_at, key))
+            store.schedule(key, expires_at, now)
             return True
 
     def incr(self, key, delta=1, version=None):
@@ -237,7 +251,8 @@ class TTLLRUCache(BaseCache):
         """As BaseCache.get_or_set, but concurrent misses of one key call `default` once.
 
         Each call counts as one get: a hit, or a miss (also for the callers that waited
-        for another thread's computation).
+        for another thread's computation). As in Django, a value another writer stored
+        while `default` ran wins over the computed one.
         """
         value = self.get(key, _MISSING, version=version)
         if value is not _MISSING:
@@ -248,8 +263,14 @@ class TTLLRUCache(BaseCache):
                 return value
             if callable(default):
                 default = default()
-            self.add(key, default, timeout=timeout, version=version)
-            return default
+            if self.add(key, default, timeout=timeout, version=version):
+                return default
+            value = self._peek(key, version)
+            return default if value is _MISSING else value
+
+    async def aget_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
+        """get_or_set in a thread: the same single flight and the same one get per call."""
+        return await sync_to_async(self.get_or_set)(key, default, timeout, version)
 
     def _peek(self, key, version):
         """The live value under `key` or _MISSING, without touching LRU order or counters."""

@@ -5,7 +5,10 @@ from contextlib import contextmanager
 
 
 class KeyedLocks:
-    """A lock per key, created on first use and dropped when its last holder leaves."""
+    """A lock per key, created on first use and dropped when its last holder leaves.
+
+    Re-entrant: a computation that asks for its own key again (directly or through a
+    nested get_or_set) proceeds instead of waiting for itself."""
 
     def __init__(self):
         self._guard = threading.Lock()
@@ -14,7 +17,7 @@ class KeyedLocks:
     @contextmanager
     def hold(self, key):
         with self._guard:
-            slot = self._locks.setdefault(key, [threading.Lock(), 0])
+            slot = self._locks.setdefault(key, [threading.RLock(), 0])
             slot[1] += 1
         try:
             with slot[0]:

@@ -13,7 +13,7 @@ import pytest
 from django.core.cache import CacheKeyWarning, caches
 from django.core.cache.backends.locmem import LocMemCache
 
-from caching.backends import TTLLRUCache
+from caching.backends import NEVER, TTLLRUCache
 
 
 def make(timeout=300, **options):
@@ -216,11 +216,25 @@ def test_rewriting_a_key_does_not_expire_it_with_its_old_ttl():
     assert cache.get("k") == 2
 
 
-def test_expiry_heap_stays_bounded_under_rewrites():
+def test_expiry_heap_stays_bounded_under_rewrites_and_touches():
     cache = make()
     for i in range(10_000):
         cache.set("hot", i)
     assert len(cache._store.expiry_heap) <= 2 * len(cache._store.entries) + 64
+    for _ in range(10_000):
+        cache.touch("hot", 60)
+    assert len(cache._store.expiry_heap) <= 2 * len(cache._store.entries) + 64
+    assert cache.get("hot") == 9999
+
+
+def test_an_expired_key_is_absent_for_delete_too():
+    cache, reference = make(), LocMemCache("ref-expired-delete", {})
+    for backend in (cache, reference):
+        backend.set("k", 1, timeout=0.01)
+    time.sleep(0.05)
+    assert cache.delete("k") is False  # LocMemCache says True for the entry it still holds
+    assert reference.delete("k") is True
+    assert cache.metrics()["deletes"] == 0 and cache.metrics()["expirations"] == 1
 
 
 # --- eviction ----------------------------------------------------------------------------
@@ -259,6 +273,26 @@ def test_full_cache_drops_expired_entries_before_live_ones():
     time.sleep(0.1)
     cache.set("new", 1)
     assert cache.has_key("live1") and cache.has_key("live2") and cache.has_key("new")
+    assert cache.metrics()["evictions"] == 0
+
+
+def test_cull_frequency_one_empties_and_max_entries_zero_keeps_the_newest():
+    everything = make(MAX_ENTRIES=4, CULL_FREQUENCY=1)
+    for i in range(5):
+        everything.set(i, i)
+    assert list(everything._store.entries) == [":1:4"]
+    tiny = make(MAX_ENTRIES=0, CULL_FREQUENCY=3)  # LocMemCache would grow without bound
+    for i in range(3):
+        tiny.set(i, i)
+    assert tiny.get(2) == 2 and len(tiny._store.entries) == 1
+
+
+def test_overwriting_a_key_in_a_full_cache_evicts_nothing():
+    cache = make(MAX_ENTRIES=3, CULL_FREQUENCY=3)
+    for key in "abc":
+        cache.set(key, key)
+    cache.set("a", "again")
+    assert [cache.get(key) for key in "abc"] == ["again", "b", "c"]
     assert cache.metrics()["evictions"] == 0
 
 
@@ -329,9 +363,54 @@ def test_get_or_set_computes_once_for_concurrent_misses():
     assert len(cache._store.flights) == 0
 
 
+def test_get_or_set_returns_what_another_writer_stored_meanwhile_as_django_does():
+    cache, reference = make(), LocMemCache("ref-get-or-set-race", {})
+    for backend in (cache, reference):
+
+        def compute(backend=backend):
+            backend.set("k", "theirs")
+            return "mine"
+
+        assert backend.get_or_set("k", compute) == "theirs"
+
+
+def test_get_or_set_may_ask_for_its_own_key_again():
+    cache, reference = make(), LocMemCache("ref-get-or-set-nested", {})
+    outcomes = []
+    for backend in (cache, reference):
+        worker = threading.Thread(
+            target=lambda b=backend: outcomes.append(
+                b.get_or_set("k", lambda: b.get_or_set("k", 1) + 1)
+            ),
+            daemon=True,
+        )
+        worker.start()
+        worker.join(timeout=5)
+        assert not worker.is_alive(), "get_or_set waited for itself"
+    assert outcomes == [1, 1]
+
+
+def test_async_get_or_set_computes_once_and_counts_one_get():
+    cache = make()
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.05)
+        return "v"
+
+    async def scenario():
+        return await asyncio.gather(*(cache.aget_or_set("k", slow) for _ in range(5)))
+
+    assert asyncio.run(scenario()) == ["v"] * 5
+    assert len(calls) == 1
+    metrics = cache.metrics()
+    assert (metrics["gets"], metrics["hits"], metrics["misses"], metrics["sets"]) == (5, 4, 1, 1)
+
+
 def test_many_threads_keep_the_invariants():
     cache = make(MAX_ENTRIES=200, CULL_FREQUENCY=4)
-    errors, gets_done = [], []
+    errors, gets_done, sizes_seen = [], [], []
 
     def worker(seed):
         rng = random.Random(seed)
@@ -350,6 +429,7 @@ def test_many_threads_keep_the_invariants():
                 else:
                     cache.get_or_set(key, lambda: key)
                     gets += 1
+                sizes_seen.append(len(cache._store.entries))
         except Exception as error:  # noqa: BLE001 - the test reports any failure below
             errors.append(error)
         gets_done.append(gets)
@@ -361,10 +441,13 @@ def test_many_threads_keep_the_invariants():
         thread.join()
     metrics = cache.metrics()
     assert errors == []
-    assert metrics["entries"] <= 200
+    assert max(sizes_seen) <= 200
     assert metrics["gets"] == sum(gets_done)  # get_or_set counts once, hit or miss
-    assert metrics["hits"] + metrics["misses"] == metrics["gets"]
-    assert len(cache._store.entries) == metrics["entries"]
+    store = cache._store
+    scheduled = {(expires_at, key) for expires_at, key in store.expiry_heap}
+    assert all(
+        (entry[1], key) in scheduled for key, entry in store.entries.items() if entry[1] != NEVER
+    )
 
 
 def test_same_results_as_locmem_on_a_random_sequence():
