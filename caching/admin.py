@@ -12,12 +12,14 @@ from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.views.decorators.http import require_http_methods
 
 from caching import dashboard, registry
 from caching.models import CacheDashboard
 
 CLEAR_PERMISSION = "caching.clear_cache"
 POLL_SECONDS = 2
+confirm_or_post = require_http_methods(["GET", "HEAD", "POST"])
 
 
 @admin.register(CacheDashboard)
@@ -42,8 +44,14 @@ class CacheDashboardAdmin(admin.ModelAdmin):
         return [
             path("", wrap(self.dashboard_view), name="caching_cachedashboard_changelist"),
             path("metrics.json", wrap(self.metrics_view), name="caching_dashboard_metrics"),
-            path("clear-all/", wrap(self.clear_all_view), name="caching_dashboard_clear_all"),
-            path("clear/<str:name>/", wrap(self.clear_view), name="caching_dashboard_clear"),
+            path(
+                "clear-all/", wrap(confirm_or_post(self.clear_all_view)),
+                name="caching_dashboard_clear_all",
+            ),
+            path(
+                "clear/<str:name>/", wrap(confirm_or_post(self.clear_view)),
+                name="caching_dashboard_clear",
+            ),
         ]
 
     def render(self, request, template, **context):
@@ -65,17 +73,21 @@ class CacheDashboardAdmin(admin.ModelAdmin):
         return JsonResponse(dashboard.snapshot())
 
     def clear_view(self, request, name):
+        self.check_clear_permission(request)  # first: names are not to be probed without it
         if name not in registry.names():
             raise Http404(f"no cache named {name!r}")
         return self.confirm_and_clear(request, [name])
 
     def clear_all_view(self, request):
+        self.check_clear_permission(request)
         return self.confirm_and_clear(request, registry.names())
+
+    def check_clear_permission(self, request):
+        if not request.user.has_perm(CLEAR_PERMISSION):
+            raise PermissionDenied
 
     def confirm_and_clear(self, request, names):
         """GET: the confirmation page; POST: clear, log each cache, back to the dashboard."""
-        if not request.user.has_perm(CLEAR_PERMISSION):
-            raise PermissionDenied
         if request.method != "POST":
             rows = [dashboard.row(registry.describe(name)) for name in names]
             return self.render(request, "confirm_clear.html", title="Clear caches?", rows=rows)

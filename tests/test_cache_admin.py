@@ -82,9 +82,11 @@ def test_without_the_permission_there_are_no_buttons_and_clearing_is_403(staff):
     client = logged_in(staff, enforce_csrf_checks=True)
     page = client.get(DASHBOARD).content.decode()
     assert "Clear</a>" not in page and "clear-all/" not in page
-    for url in [DASHBOARD + "clear/features/", DASHBOARD + "clear-all/"]:
+    token = client.get(DASHBOARD).context["csrf_token"]
+    for url in [DASHBOARD + "clear/features/", DASHBOARD + "clear-all/", DASHBOARD + "clear/nope/"]:
         assert client.get(url).status_code == 403
-        assert client.post(url).status_code == 403
+        # A forged POST carries a valid CSRF token: the permission alone refuses it.
+        assert client.post(url, {"csrfmiddlewaretoken": str(token)}).status_code == 403
     assert caches["features"].get("k") == 1 and not LogEntry.objects.exists()
 
 
@@ -124,3 +126,11 @@ def test_clear_all_logs_each_cache(clearer):
 
 def test_an_unknown_cache_is_404(clearer):
     assert logged_in(clearer).get(DASHBOARD + "clear/nope/").status_code == 404
+
+
+def test_clear_urls_answer_other_methods_with_405(clearer):
+    caches["features"].set("k", 1)
+    client = logged_in(clearer)
+    for url in [DASHBOARD + "clear/features/", DASHBOARD + "clear-all/"]:
+        assert client.put(url).status_code == 405 and client.delete(url).status_code == 405
+    assert caches["features"].get("k") == 1

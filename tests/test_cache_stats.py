@@ -68,6 +68,13 @@ def test_a_running_servers_figures_come_from_its_metrics(live_server):
         stats("--server", live_server.url, "--clear-all")
 
 
+def test_a_server_that_limits_metrics_is_read_with_its_token(live_server, settings):
+    settings.METRICS_ALLOWED_ADDRESSES, settings.METRICS_TOKEN = (), "s3cret"
+    assert "anomalies" in by_name(json.loads(stats("--server", live_server.url, "--json")))
+    with pytest.raises(CommandError, match="403"):
+        stats("--server", live_server.url, "--token", "wrong")
+
+
 def test_an_unreachable_server_is_a_clear_error():
     with pytest.raises(CommandError, match="127.0.0.1:1/metrics"):
         stats("--server", "http://127.0.0.1:1")

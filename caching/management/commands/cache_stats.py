@@ -3,12 +3,14 @@
 With the Redis second tier (CACHE_L2_URL) the figures are summed over every live process
 and a clear reaches them all. Without it each process has its own caches: this command then
 sees and clears those of the process it runs in, and `--server URL` reads a running
-server's figures from its Prometheus endpoint (`URL/metrics`, open to loopback by default).
+server's figures from its Prometheus endpoint (`URL/metrics`, open to loopback by default;
+elsewhere pass its bearer token with `--token`, which defaults to settings.METRICS_TOKEN).
 """
 
 import json
 
 import requests
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,6 +26,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="machine-readable output")
         parser.add_argument("--server", metavar="URL", help="read a running server's /metrics")
+        parser.add_argument(
+            "--token", default=getattr(settings, "METRICS_TOKEN", ""),
+            help="the server's metrics bearer token (default: settings.METRICS_TOKEN)",
+        )
         clearing = parser.add_mutually_exclusive_group()
         clearing.add_argument("--clear", metavar="NAME", help="clear this cache first")
         clearing.add_argument("--clear-all", action="store_true", help="clear every cache first")
@@ -35,7 +41,10 @@ class Command(BaseCommand):
                 "server's caches from its admin cache dashboard"
             )
         cleared = self.clear(options)
-        rows = server_rows(options["server"]) if options["server"] else self.local_rows()
+        if options["server"]:
+            rows = server_rows(options["server"], options["token"])
+        else:
+            rows = self.local_rows()
         report = {"caches": rows, "totals": dashboard.totals(rows), "cleared": cleared}
         if options["json"]:
             self.stdout.write(json.dumps(report, indent=2))
@@ -66,11 +75,12 @@ class Command(BaseCommand):
             self.stdout.write(f"{row['name']:<14} " + " ".join(cells))
 
 
-def server_rows(url):
+def server_rows(url, token=""):
     """Rows (the local row's figures) of each cache a server's Prometheus endpoint reports."""
     endpoint = url.rstrip("/") + "/metrics"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = requests.get(endpoint, timeout=SERVER_TIMEOUT_SECONDS)
+        response = requests.get(endpoint, headers=headers, timeout=SERVER_TIMEOUT_SECONDS)
         response.raise_for_status()
     except requests.RequestException as error:
         raise CommandError(f"{endpoint}: {error}")
