@@ -11,13 +11,14 @@ SUMMED = ("entries", "max_entries", "hits", "misses", "evictions", "expirations"
 
 
 def row(described):
-    """One cache, JSON-ready: the backend's class name, TTL in seconds (None: never)."""
+    """One cache, JSON-ready: the backend's class name, TTL in seconds (None: never), the
+    last clear as `YYYY-MM-DD HH:MM:SS UTC` (None: never)."""
     last_clear = described["last_clear"]
     return {
         **described,
         "backend": described["backend"].rsplit(".", 1)[-1],
         "last_clear": (
-            datetime.fromtimestamp(last_clear, timezone.utc).isoformat(timespec="seconds")
+            datetime.fromtimestamp(last_clear, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
             if last_clear is not None else None
         ),
     }
