@@ -117,11 +117,6 @@ def score_metric(metric, value, baseline, warning, critical):
     return Anomaly(metric, value, center, mad, score, severity, "up" if score > 0 else "down")
 
 
-def detect(points, *, window, min_points, **thresholds):
-    """The anomalies of the latest point (empty also when history is short: see assess)."""
-    return list(assess(points, window=window, min_points=min_points, **thresholds).anomalies)
-
-
 def cached_assess(database_id, fingerprint, load_points, *, version=None):
     """assess() through the `anomalies` cache, key `anomalies:{database_id}:{fingerprint}`.
 

@@ -5,6 +5,7 @@ from functools import wraps
 
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404
+from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET
 
 from pganalytics import services
@@ -64,7 +65,11 @@ def top_queries(request, database_id):
 @cached_response(one_database)
 def query_detail(request, database_id, fingerprint):
     database = get_object_or_404(MonitoredDatabase, pk=database_id)
-    return JsonResponse(services.query_detail(database, fingerprint))
+    detail = services.query_detail(database, fingerprint)
+    response = JsonResponse(detail)
+    if detail["plan"]["status"] == "failed":  # perhaps transient: not kept for the version
+        patch_cache_control(response, no_store=True)
+    return response
 
 
 @api_view

@@ -3,7 +3,8 @@
 The key holds the path, the sorted query string, the user and their permissions, and the
 data version (the newest snapshot id the answer depends on): a new snapshot changes the
 version, so answers computed before it are never served again, in any process, without
-knowing their keys. Responses say `X-Cache: hit|miss` and are private to the user.
+knowing their keys. Responses say `X-Cache: hit|miss` and are private to the user. A view
+marks an answer not worth keeping (one that holds a transient failure) with `no-store`.
 """
 
 import hashlib
@@ -23,8 +24,13 @@ def response_key(request, version):
     return "response:" + hashlib.sha256(identity.encode()).hexdigest()
 
 
+def has_no_store(response):
+    return "no-store" in response.get("Cache-Control", "")
+
+
 def cached_response(version_of):
-    """Cache a GET view's 200 responses; `version_of(request, **kwargs)` gives the data version."""
+    """Cache a GET view's 200 responses but those marked `Cache-Control: no-store`;
+    `version_of(request, **kwargs)` gives the data version."""
 
     def decorator(view):
         @wraps(view)
@@ -38,7 +44,7 @@ def cached_response(version_of):
                 state = "hit"
             else:
                 response = view(request, *args, **kwargs)
-                if response.status_code == 200:
+                if response.status_code == 200 and not has_no_store(response):
                     cache.set(key, (response.content, response["Content-Type"]))
                 state = "miss"
             response["X-Cache"] = state

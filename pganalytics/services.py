@@ -6,6 +6,7 @@ responses) to a new version at once, in every process, while fingerprints and pl
 depend only on the statement text, keep theirs.
 """
 
+import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django.db.models import Count, F, FloatField, Max, Sum
 from django.db.models.functions import Cast, NullIf
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
@@ -26,6 +28,8 @@ DEFAULT_ORDER = "total"
 DEFAULT_WINDOW_TEXT = "24h"
 WINDOW_CHOICES = ("1h", "6h", "24h", "168h")
 DEFAULT_WINDOW = timedelta(hours=24)
+MAX_WINDOW = timedelta(days=3660)
+FINGERPRINT_FORMAT = re.compile(r"[0-9a-f]{16}|x[0-9a-f]{15}")  # pglast's, or the fallback
 PREDICTION_PLACEHOLDER = {
     "status": "unavailable",
     "reason": "latency predictions arrive with the ML service client",
@@ -44,17 +48,20 @@ def data_version(database_id=None):
     if database_id is not None:
         snapshots = snapshots.filter(database_id=database_id)
         monitored = monitored.filter(pk=database_id)
-    newest = snapshots.aggregate(newest=Max("id"))["newest"] or 0
+    collected = snapshots.aggregate(newest=Max("id"), count=Count("id"))
     changed = monitored.aggregate(changed=Max("updated_at"), count=Count("id"))
     stamp = changed["changed"].timestamp() if changed["changed"] else 0
-    return f"{newest}.{stamp}.{changed['count']}"
+    return f"{collected['newest'] or 0}.{collected['count']}.{stamp}.{changed['count']}"
 
 
 def parse_window(text):
     try:
-        return timedelta(seconds=parse_period(text))
+        seconds = parse_period(text)
     except ValueError as error:
         raise BadRequest(f"window={text!r}: {error}")
+    if seconds > MAX_WINDOW.total_seconds():
+        raise BadRequest(f"window={text!r}: at most {MAX_WINDOW.days} days")
+    return timedelta(seconds=seconds)
 
 
 def parse_order(text):
@@ -220,16 +227,22 @@ def query_detail(database, fingerprint):
     Features and anomalies are cached under the database's data version, the plan under
     the statement's fingerprint (it does not change with new statistics).
     """
+    if not FINGERPRINT_FORMAT.fullmatch(fingerprint):
+        raise Http404(f"{fingerprint!r} is not a fingerprint")
     query = get_object_or_404(Query, database=database, fingerprint=fingerprint)
     version = data_version(database.id)
     stats = history(query, limit=settings.ANOMALY_WINDOW + 1)
     plan = plan_of(database, query.text)
     latest = interval_stats(stats[-1]) if stats else None
+    # Features depend on the plan too: one that failed this time must not stick for the version.
     query_features = features.extract(
-        query.text, latest, plan.get("raw"), version=version
+        query.text, latest, plan.get("raw"), version=f"{version}.{plan['status']}"
     )
+    recent = set(recent_snapshot_ids(database))
     assessment = anomalies.cached_assess(
-        database.id, fingerprint, lambda: [anomaly_point(stat) for stat in stats], version=version
+        database.id, fingerprint,
+        lambda: [anomaly_point(stat) for stat in stats if stat.snapshot_id in recent],
+        version=version,
     )
     return {
         "database": {"id": database.id, "name": database.name},
@@ -247,14 +260,21 @@ def query_detail(database, fingerprint):
     }
 
 
-def recent_points(database):
-    """{Query: [Point]} over the database's last ANOMALY_WINDOW + 1 snapshots, in one read,
-    for the queries of its newest snapshot (a query no longer seen has no current anomaly)."""
-    snapshot_ids = list(
+def recent_snapshot_ids(database):
+    """The database's last ANOMALY_WINDOW + 1 snapshot ids, newest first: the history every
+    anomaly verdict on it is judged over, from the query page or from the list alike (they
+    share one cache key, so they must share the input)."""
+    return list(
         Snapshot.objects.filter(database=database)
         .order_by("-taken_at")
         .values_list("id", flat=True)[: settings.ANOMALY_WINDOW + 1]
     )
+
+
+def recent_points(database):
+    """{Query: [Point]} over recent_snapshot_ids(), in one read, for the queries of the
+    newest snapshot (a query no longer seen has no current anomaly)."""
+    snapshot_ids = recent_snapshot_ids(database)
     stats = (
         QueryStat.objects.filter(snapshot_id__in=snapshot_ids, delta_calls__isnull=False)
         .select_related("snapshot", "query")

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.core.cache import caches
 
-from pganalytics.anomalies import Point, assess, cached_assess, current_anomalies, detect
+from pganalytics.anomalies import Point, assess, cached_assess, current_anomalies
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STABLE_MS = [10.0, 12.0, 9.0, 11.0, 8.0, 10.0, 13.0, 9.0, 11.0, 10.0, 12.0, 9.0]  # median 10, MAD 1
@@ -23,7 +23,7 @@ def history(mean_ms, calls_per_minute=None):
 
 def run(points, **overrides):
     window, min_points = overrides.pop("window", 48), overrides.pop("min_points", 8)
-    return detect(points, window=window, min_points=min_points, **overrides)
+    return list(assess(points, window=window, min_points=min_points, **overrides).anomalies)
 
 
 def test_stable_series_has_no_anomaly():

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.core.cache import caches
+from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
 from caching import registry
@@ -75,6 +76,7 @@ def test_the_database_list(client_of, user, collected):
     page = client.get("/").content.decode()
     assert f'href="/databases/{collected.id}/"' in page and "<script" not in page
     _, body = get_json(client, "/api/v1/databases/")
+    collected.refresh_from_db()
     assert body["databases"] == [
         {
             "id": collected.id,
@@ -82,7 +84,7 @@ def test_the_database_list(client_of, user, collected):
             "enabled": True,
             "dsn": collected.masked_dsn,
             "snapshots": 3,
-            "last_collected_at": body["databases"][0]["last_collected_at"],
+            "last_collected_at": DjangoJSONEncoder().default(collected.last_collected_at),
             "last_error": "",
         }
     ]
@@ -109,7 +111,12 @@ def test_top_queries_sum_the_intervals_and_sort(client_of, user, collected):
 
 @pytest.mark.parametrize(
     "query, message",
-    [("window=soon", "window='soon': expected a duration"), ("order=rows", "order='rows'")],
+    [
+        ("window=soon", "window='soon': expected a duration"),
+        ("order=rows", "order='rows'"),
+        ("window=100000000h", "window='100000000h': at most 3660 days"),
+        ("window=99999999999h", "window='99999999999h': at most"),
+    ],
 )
 def test_bad_parameters_are_a_400_naming_them(client_of, user, collected, query, message):
     client = client_of(user)
@@ -124,6 +131,9 @@ def test_unknown_ids_are_404(client_of, user, collected):
     get_json(client, "/api/v1/databases/999999/queries/", status=404)
     get_json(client, f"/api/v1/databases/{collected.id}/queries/ffffffffffffffff/", status=404)
     assert client.get(f"/databases/{collected.id}/queries/ffffffffffffffff/").status_code == 404
+    for bad in ["ab%00cd", "a" * 300, "FFFFFFFFFFFFFFFF"]:
+        get_json(client, f"/api/v1/databases/{collected.id}/queries/{bad}/", status=404)
+        assert client.get(f"/databases/{collected.id}/queries/{bad}/").status_code == 404
 
 
 def test_query_detail_shows_history_plan_features_and_a_place_for_predictions(
@@ -217,7 +227,8 @@ def test_a_failed_collection_or_an_admin_edit_refreshes_the_database_list(
 
 
 def constructed_history(name, means_ms, calls=60):
-    """A database whose one query ran `calls` per minute at each of `means_ms`, oldest first."""
+    """A database whose one query ran `calls` per minute at each of `means_ms`, oldest first
+    (None: a snapshot in which the query did not run)."""
     database = MonitoredDatabase.objects.create(name=name, dsn="host=127.0.0.1 port=1 dbname=x")
     text = fingerprint(REGRESSING)
     now = timezone.now()
@@ -227,12 +238,14 @@ def constructed_history(name, means_ms, calls=60):
     )
     cumulative_calls, cumulative_ms = 0, 0.0
     for age, mean in zip(range(len(means_ms), 0, -1), means_ms):
-        cumulative_calls += calls
-        cumulative_ms += mean * calls
         snapshot = Snapshot.objects.create(
             database=database, taken_at=now - timedelta(minutes=age), statement_count=1,
             duration_ms=1.0,
         )
+        if mean is None:
+            continue
+        cumulative_calls += calls
+        cumulative_ms += mean * calls
         QueryStat.objects.create(
             snapshot=snapshot, query=query, calls=cumulative_calls,
             total_exec_time=cumulative_ms, min_exec_time=0, max_exec_time=mean,
@@ -262,3 +275,31 @@ def test_anomalies_list_a_regression_across_databases(client_of, user):
     _, detail = get_json(client, f"/api/v1/databases/{regressed.id}/queries/{query.fingerprint}/")
     assert [a["metric"] for a in detail["anomalies"]["items"]] == ["mean_ms"]
     assert detail["plan"]["status"] == "failed"  # the constructed server does not exist
+    # A failed plan may be transient: that answer is not kept for the data version.
+    again = client.get(f"/api/v1/databases/{regressed.id}/queries/{query.fingerprint}/")
+    assert again["X-Cache"] == "miss" and "no-store" in again["Cache-Control"]
+
+
+@pytest.mark.parametrize("first", ["page", "list"])
+def test_a_verdict_does_not_depend_on_which_page_asked_first(client_of, user, first):
+    """The query ran in the first 10 of 60 snapshots and in the last one: over the recent
+    window it has one interval, whether the query page or the anomaly list asks first."""
+    steady = [2.0, 2.1, 1.9, 2.0, 2.2, 1.8, 2.0, 2.1, 1.9, 2.0]
+    database, query = constructed_history("gappy", steady + [None] * 49 + [40.0])
+    client = client_of(user)
+    detail_url = f"/api/v1/databases/{database.id}/queries/{query.fingerprint}/"
+    if first == "list":
+        assert get_json(client, "/api/v1/anomalies/")[1]["anomalies"] == []
+    verdict = get_json(client, detail_url)[1]["anomalies"]
+    assert (verdict["enough_history"], verdict["points"], verdict["items"]) == (False, 1, [])
+    if first == "page":
+        assert get_json(client, "/api/v1/anomalies/")[1]["anomalies"] == []
+
+
+def test_deleting_old_snapshots_refreshes_the_cached_answers(client_of, user, collected):
+    client = client_of(user)
+    url = f"/api/v1/databases/{collected.id}/queries/"
+    get_json(client, url)
+    assert get_json(client, url)[0]["X-Cache"] == "hit"
+    Snapshot.objects.filter(database=collected).order_by("taken_at").first().delete()
+    assert get_json(client, url)[0]["X-Cache"] == "miss"
