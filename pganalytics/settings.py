@@ -14,7 +14,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 config = Config()
 
 SECRET_KEY = config.text("SECRET_KEY", "pganalytics-local-development-only")
-DEBUG = config.boolean("DEBUG", True)
+# Off unless asked for: Django's debug pages show local variables, and a monitored
+# database's DSN (with its password) is one of them in the analytics' call stacks.
+DEBUG = config.boolean("DEBUG", False)
 ALLOWED_HOSTS = config.words("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 
 INSTALLED_APPS = [
@@ -32,6 +34,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files from any server, DEBUG or not
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -124,5 +127,5 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = BASE_DIR / "staticfiles"  # `manage.py collectstatic` (scripts/run does it)
 LOGIN_URL = "admin:login"

@@ -1,0 +1,30 @@
+"""gunicorn settings for serving with several worker processes:
+
+    PROMETHEUS_MULTIPROC_DIR=/run/pganalytics-metrics CACHE_L2_URL=redis://127.0.0.1:6379/1 \
+        .venv/bin/gunicorn -c gunicorn.conf.py --workers 4 --bind 127.0.0.1:8000
+
+In prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR set before gunicorn
+starts) every process writes its values to files there: the directory is emptied when
+gunicorn starts, so no earlier run's counts are added in, and a worker's live gauges are
+dropped when it exits, so `cache_entries` sums the workers that are alive.
+"""
+
+import os
+from pathlib import Path
+
+wsgi_app = "pganalytics.wsgi:application"
+
+
+def on_starting(server):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for leftover in Path(directory).glob("*.db"):
+            leftover.unlink()
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

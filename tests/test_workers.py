@@ -1,0 +1,117 @@
+"""Serving with gunicorn and several workers: static files without DEBUG, and Prometheus'
+multiprocess mode summing live workers only (gunicorn.conf.py's hooks)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = Path(sys.executable).with_name("gunicorn")
+MAX_ENTRIES = 10_000  # CACHE_MAX_SIZE below
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def until(condition, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"not met within {seconds}s: {condition.__doc__}")
+
+
+@pytest.fixture
+def server(tmp_path):
+    """gunicorn with two workers in multiprocess mode; yields (base url, metrics directory)."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "gauge_livesum_999999.db").write_bytes(b"an earlier run's leftover")
+    environment = {
+        **os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "DEBUG": "false",
+        "CACHE_MAX_SIZE": str(MAX_ENTRIES),
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--no-input", "-v", "0"],
+        cwd=ROOT, env=environment, check=True, timeout=120,
+    )
+    url = f"http://127.0.0.1:{free_port()}"
+    log = (tmp_path / "gunicorn.log").open("w")
+    process = subprocess.Popen(
+        [GUNICORN, "-c", "gunicorn.conf.py", "--workers", "2", "--bind", url[7:]],
+        cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        yield url, metrics_dir
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        log.close()
+
+
+def live_gauge_pids(metrics_dir):
+    return {int(path.stem.rsplit("_", 1)[1]) for path in metrics_dir.glob("gauge_livesum_*.db")}
+
+
+def summed_max_entries(url):
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    return next(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "cache_max_entries" and sample.labels["cache"] == "features"
+    )
+
+
+def test_static_files_are_served_without_debug(server):
+    url, _ = server
+
+    def served():
+        """the dashboard's script is served"""
+        try:
+            return requests.get(f"{url}/static/caching/dashboard.js", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    until(served)
+
+
+def test_gauges_sum_the_live_workers_only(server):
+    url, metrics_dir = server
+
+    def both_workers_reported():
+        """both workers served a scrape (each syncs its caches into its own files)"""
+        try:
+            requests.get(f"{url}/metrics", timeout=2)
+        except requests.ConnectionError:
+            return None
+        pids = live_gauge_pids(metrics_dir)
+        return pids if len(pids) == 2 else None
+
+    workers = until(both_workers_reported)
+    assert 999999 not in workers  # the leftover was wiped when gunicorn started
+    assert summed_max_entries(url) == 2 * MAX_ENTRIES
+
+    gone = min(workers)
+    os.kill(gone, signal.SIGKILL)  # gunicorn's child_exit marks it dead, then forks another
+
+    def dropped():
+        """the killed worker's live gauges are gone"""
+        return gone not in live_gauge_pids(metrics_dir)
+
+    until(dropped)
+    assert summed_max_entries(url) == MAX_ENTRIES * len(live_gauge_pids(metrics_dir))
+    assert summed_max_entries(url) <= 2 * MAX_ENTRIES
