@@ -3,8 +3,9 @@
 Reading and storing are separate steps: the target is read over its own short-lived
 psycopg connection (connect timeout, statement_timeout) before any transaction of ours is
 open, so a slow target never holds our database. Storing then happens in one transaction,
-in bulk, with the previous snapshot of the same database locked in as the baseline for the
-interval deltas.
+in bulk, with the previous snapshot of the same database as the baseline for the interval
+deltas. Collections of one database run one at a time, from reading to commit, so
+snapshots are stored in the order they were taken.
 
 Counters in pg_stat_statements only grow until statistics are reset, entries are evicted
 or stats are lost in a crash. A reset shows as a changed `stats_reset` (full reset) or as a
@@ -12,9 +13,10 @@ query whose counters went down (a reset limited to one database or query); eithe
 delta is the new cumulative value: what accrued since the reset, never negative.
 """
 
+import logging
 import math
-import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -23,13 +25,14 @@ from django.db import connection, transaction
 from django.utils import timezone
 from psycopg import sql
 
+from pganalytics import targets
 from pganalytics.dsn import scrub
-from pganalytics.fingerprint import Fingerprint, compute_fingerprint
+from pganalytics.fingerprint import Fingerprint, compute_fingerprint, fold_whitespace
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 from pganalytics.signals import snapshot_collected
 
+logger = logging.getLogger(__name__)
 APPLICATION_NAME = "pganalytics-collector"
-CONNECT_TIMEOUT_SECONDS = 5
 STATEMENT_TIMEOUT_MS = 30_000
 MINIMUM_SERVER_VERSION = 140000
 # Every statement the collector sends starts with this comment, so pg_stat_statements keeps
@@ -49,7 +52,9 @@ COUNTERS = (
     "total_plan_time",
 )
 DELTA_COUNTERS = ("calls", "total_exec_time", "rows", "shared_blks_hit", "shared_blks_read")
-_WHITESPACE = re.compile(r"\s+")
+# What pg_stat_statements shows instead of the text of another role's statement to a role
+# without pg_read_all_stats (its queryid is null too): such rows cannot be fingerprinted.
+HIDDEN_TEXT = "<insufficient privilege>"
 
 
 class CollectionError(Exception):
@@ -63,23 +68,29 @@ class CollectionError(Exception):
 
 @dataclass
 class Reading:
-    """What one read of a target returned: the raw pg_stat_statements rows and their context."""
+    """What one read of a target returned: its pg_stat_statements rows and their context."""
 
     taken_at: object
     stats_reset: object
-    rows: list  # tuples: query text, then COUNTERS in order
+    rows: list  # tuples: query text, queryid, then COUNTERS in order
+    warning: str = ""  # what the rows leave out, and how to fix it
 
 
 @dataclass
 class Group:
     """The pg_stat_statements rows of one fingerprint, summed as one query.
 
-    Its text is that of the row with the most calls; min/max are taken over the rows and
-    the standard deviation is pooled from each row's calls, mean and stddev.
+    pg_stat_statements keeps a row per role, queryid and top-level flag (only top-level
+    rows of our database are read): rows of one fingerprint differ in role, or in queryid
+    where PostgreSQL tells apart what pg_query does not (an IN list of another length, a
+    name resolved to another table). Their counters are summed; the text and queryid are
+    those of the row with the most calls; min/max are taken over the rows and the standard
+    deviation is pooled from each row's calls, mean and stddev.
     """
 
     fingerprint: Fingerprint
     text: str = ""
+    queryid: int | None = None
     text_calls: int = -1
     calls: int = 0
     total_exec_time: float = 0.0
@@ -93,10 +104,23 @@ class Group:
     total_plan_time: float = 0.0
 
     def add(
-        self, text, calls, total, minimum, maximum, mean, stddev, rows, hit, read, plans, plan_time
+        self,
+        text,
+        queryid,
+        calls,
+        total,
+        minimum,
+        maximum,
+        mean,
+        stddev,
+        rows,
+        hit,
+        read,
+        plans,
+        plan_time,
     ):
         if calls > self.text_calls:
-            self.text, self.text_calls = text, calls
+            self.text, self.queryid, self.text_calls = text, queryid, calls
         self.calls += calls
         self.total_exec_time += total
         self.lowest_exec_time = min(self.lowest_exec_time, minimum)
@@ -127,20 +151,15 @@ class Group:
         return {name: getattr(self, name) for name in COUNTERS}
 
 
-def _one_line(text):
-    return _WHITESPACE.sub(" ", text).strip()
-
-
 def _failure(database, doing, error):
-    return CollectionError(database, f"{doing}: {_one_line(scrub(str(error), database.dsn))}")
+    return CollectionError(database, f"{doing}: {fold_whitespace(scrub(str(error), database.dsn))}")
 
 
 def read_statements(database):
     """The pg_stat_statements rows of `database` (its own dbid only), or CollectionError."""
     try:
-        connection = psycopg.connect(
+        connection = targets.connect(
             database.dsn,
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
             application_name=APPLICATION_NAME,
             options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
             autocommit=True,
@@ -169,7 +188,7 @@ def _read(database, connection):
             "(and preload it with shared_preload_libraries)",
         )
     schema, statement_columns = columns["pg_stat_statements"]
-    missing = set(COUNTERS) - statement_columns
+    missing = {"queryid", *COUNTERS} - statement_columns
     if missing:
         raise CollectionError(
             database,
@@ -184,7 +203,16 @@ def _read(database, connection):
             sql.SQL(MARKER + " SELECT stats_reset FROM {}").format(info)
         ).fetchone()[0]
     rows = connection.execute(_statements_query(schema, statement_columns)).fetchall()
-    return Reading(taken_at=taken_at, stats_reset=stats_reset, rows=rows)
+    visible = [row for row in rows if row[0] != HIDDEN_TEXT]
+    warning = ""
+    hidden = len(rows) - len(visible)
+    if hidden:
+        role = sql.Identifier(connection.info.user).as_string(connection)
+        warning = (
+            f"{hidden} statement{'s' if hidden > 1 else ''} of other roles hidden: "
+            f"GRANT pg_read_all_stats TO {role}"
+        )
+    return Reading(taken_at=taken_at, stats_reset=stats_reset, rows=visible, warning=warning)
 
 
 def _extension_columns(connection):
@@ -207,7 +235,7 @@ def _extension_columns(connection):
 def _statements_query(schema, statement_columns):
     top_level_only = sql.SQL(" AND toplevel") if "toplevel" in statement_columns else sql.SQL("")
     return sql.SQL(
-        MARKER + " SELECT query, {counters} FROM {view}"
+        MARKER + " SELECT query, queryid, {counters} FROM {view}"
         " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
         " AND query IS NOT NULL AND query NOT LIKE {own}{top_level_only}"
     ).format(
@@ -256,10 +284,12 @@ def interval_deltas(current, previous, *, first_snapshot, stats_were_reset):
 
 
 def store(database, reading, started):
-    """Snapshot + QueryStat rows of `reading`, in one transaction; returns the Snapshot."""
+    """Snapshot + QueryStat rows of `reading`, in one transaction; returns the Snapshot.
+
+    The caller holds the database's collection lock (see `collect`).
+    """
     groups = group_by_fingerprint(reading.rows)
     with transaction.atomic():
-        MonitoredDatabase.objects.select_for_update().get(pk=database.pk)
         previous = database.snapshots.order_by("-taken_at", "-pk").first()
         query_ids = _query_ids(database, groups, reading.taken_at)
         previous_counters = _counters_of(previous)
@@ -274,6 +304,7 @@ def store(database, reading, started):
             stats_reset=reading.stats_reset,
             statement_count=len(reading.rows),
             reset_detected=stats_were_reset,
+            warning=reading.warning,
             duration_ms=0.0,
         )
         interval = (reading.taken_at - previous.taken_at).total_seconds() if previous else None
@@ -290,6 +321,7 @@ def store(database, reading, started):
                 {
                     "snapshot_id": snapshot.pk,
                     "query_id": query_id,
+                    "queryid": group.queryid,
                     "interval_seconds": interval,
                     **current,
                     **deltas,
@@ -328,7 +360,7 @@ def copy_rows(model, rows):
 def _query_ids(database, groups, seen_at):
     """{fingerprint: Query id} of `groups`, creating a Query for each new fingerprint.
 
-    Safe without ON CONFLICT because the caller holds the database's row lock. Fetching
+    Safe without ON CONFLICT because the caller holds the database's collection lock. Fetching
     all the database's ids is cheaper than filtering on thousands of fingerprints.
     """
     query_ids = dict(Query.objects.filter(database=database).values_list("fingerprint", "pk"))
@@ -359,22 +391,50 @@ def _counters_of(snapshot):
     }
 
 
-def collect(database):
-    """Read and store one snapshot of `database`; on failure record it in `last_error` and raise."""
-    started = time.perf_counter()
+@contextmanager
+def _collection_lock(database):
+    """Hold a session advisory lock on our database, keyed (table, id) of `database`.
+
+    Collections of one database (the admin's "Collect now" overlapping `collect --every`)
+    then run one after the other from reading to commit: stored in the order they were
+    read, so no interval is negative and no lower reading passes for a reset. A session
+    lock, unlike a row lock, keeps no transaction of ours open while the target is read.
+    """
+    key = [MonitoredDatabase._meta.db_table, database.pk]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s::regclass::oid::int, %s::int)", key)
     try:
-        reading = read_statements(database)
-    except CollectionError as error:
-        database.last_error = str(error)
-        MonitoredDatabase.objects.filter(pk=database.pk).update(
-            last_error=database.last_error, updated_at=timezone.now()
-        )
-        raise
-    return store(database, reading, started)
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s::regclass::oid::int, %s::int)", key)
+
+
+def collect(database):
+    """Read and store one snapshot of `database`; on failure record it in `last_error` and raise.
+
+    Call it outside any transaction: its lock is released on return, so an enclosing
+    transaction would commit the snapshot after the next collection may have read.
+    """
+    with _collection_lock(database):
+        started = time.perf_counter()
+        try:
+            reading = read_statements(database)
+        except CollectionError as error:
+            database.last_error = str(error)
+            MonitoredDatabase.objects.filter(pk=database.pk).update(
+                last_error=database.last_error, updated_at=timezone.now()
+            )
+            raise
+        return store(database, reading, started)
 
 
 def collect_all(name=None):
-    """[(database, Snapshot or CollectionError)] for every enabled database (or the one named)."""
+    """[(database, Snapshot or CollectionError)] for every enabled database (or the one named).
+
+    An unexpected error (a bug, our own database gone) fails that database only, as a
+    CollectionError naming it, so the others are still collected.
+    """
     databases = MonitoredDatabase.objects.filter(enabled=True).order_by("name")
     if name is not None:
         databases = databases.filter(name=name)
@@ -384,4 +444,8 @@ def collect_all(name=None):
             results.append((database, collect(database)))
         except CollectionError as error:
             results.append((database, error))
+        except Exception as error:
+            logger.exception("collecting %s failed unexpectedly", database.name)  # a bug: its trace
+            unexpected = _failure(database, f"unexpected {type(error).__name__}", error)
+            results.append((database, unexpected))
     return results

@@ -1,48 +1,76 @@
 """Connection strings of monitored databases hold passwords: these show them masked.
 
 A DSN is a libpq URL (postgresql://user:secret@host/db?password=...) or a key=value string
-(host=h password='se cret'). Both forms are masked by pattern, and any password libpq would
-read from the string is also replaced wherever it appears in a text (an error message may
-quote it), so neither form leaks the secret into the admin, a log line or `last_error`.
+(host=h password='se cret'); `password` and `sslpassword` are its secrets. A key=value
+string is shown as libpq reads it, rebuilt with the secrets masked. A URL keeps its form
+(it is what the user typed): its userinfo password is masked up to the last `@`, since
+libpq ends it at the first `@` or `/` and reads the rest of `u:pa@ss@h` as the host
+`ss@h`, and so are its secret query parameters. Text libpq cannot parse is not shown.
+Every spelling of a secret is also replaced wherever it appears in a text (an error
+message may quote it), so no form leaks it into the admin, a log line or `last_error`.
 """
 
 import re
+from urllib.parse import unquote
 
-from psycopg import conninfo
+from psycopg import ProgrammingError, conninfo
 
 MASK = "***"
-_URL_USERINFO_PASSWORD = re.compile(r"(://[^:@/?#]*:)([^@/?#]*)(@)")
-_URL_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
-_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:\\.|[^'\\])*'|\S*)", re.IGNORECASE)
+UNPARSABLE = "<unparsable DSN>"
+SECRET_KEYWORDS = ("password", "sslpassword")
+_URL = re.compile(r"postgres(?:ql)?://")  # libpq's URL prefixes (case-sensitive)
+# The userinfo password runs to the last `@` before the query (libpq stops at the first).
+_URL_USERINFO_PASSWORD = re.compile(
+    r"\A(postgres(?:ql)?://[^:@/?#]*:)([^?]*)(@[^@?]*(?:\?.*)?)\Z", re.DOTALL
+)
+_URL_QUERY_SECRET = re.compile(r"([?&](?:ssl)?password=)([^&#]*)")
+# A key=value secret: quoted (to the closing quote, or the end) or up to a space; libpq
+# reads `\x` as `x` in both.
+_KEYWORD_SECRET = re.compile(r"\b(?:ssl)?password\s*=\s*(?:'((?:\\.|[^'\\])*)|((?:\\.|[^\s\\])*))")
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 
 def passwords(dsn):
-    """The password libpq would use from `dsn`, and its raw spelling in the URL, if any."""
+    """Every spelling of a secret of `dsn` a text may quote, longest first.
+
+    libpq's values; the raw, unescaped and percent-decoded text of each, found by pattern
+    (so also in an unparsable DSN); and the pieces of a URL password that libpq would read
+    as the host, port or database name.
+    """
     found = set()
     try:
-        password = conninfo.conninfo_to_dict(dsn).get("password")
-    except Exception:  # an unparsable DSN: the patterns below still mask what they match
-        password = None
-    if password:
-        found.add(password)
-    for pattern in (_URL_USERINFO_PASSWORD, _URL_QUERY_PASSWORD, _KEYWORD_PASSWORD):
-        for match in pattern.finditer(dsn):
-            if match[2]:
-                found.add(match[2])
-    return found
+        params = conninfo.conninfo_to_dict(dsn)
+        found.update(params.get(keyword) for keyword in SECRET_KEYWORDS)
+    except ProgrammingError:  # unparsable: the patterns below still find the secrets
+        pass
+    if _URL.match(dsn):
+        found.update(match[2] for match in _URL_QUERY_SECRET.finditer(dsn))
+        if userinfo := _URL_USERINFO_PASSWORD.match(dsn):
+            found.update([userinfo[2], *re.split("[@/]", userinfo[2])])
+    else:
+        raw = [value for match in _KEYWORD_SECRET.finditer(dsn) for value in match.groups()]
+        found.update([*raw, *(_ESCAPE.sub(r"\1", value) for value in filter(None, raw))])
+    found |= {unquote(secret) for secret in found if secret}
+    return sorted(filter(None, found), key=len, reverse=True)
 
 
 def scrub(text, dsn):
     """`text` with every password of `dsn` replaced by the mask."""
-    for password in sorted(passwords(dsn), key=len, reverse=True):
+    for password in passwords(dsn):
         text = text.replace(password, MASK)
     return text
 
 
 def mask_dsn(dsn):
-    """`dsn` as it may be shown: the same string with the password masked."""
-    masked = _URL_USERINFO_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", dsn)
-    masked = _URL_QUERY_PASSWORD.sub(rf"\g<1>{MASK}", masked)
-    if "://" not in masked:
-        masked = _KEYWORD_PASSWORD.sub(rf"\g<1>{MASK}", masked)
+    """`dsn` as it may be shown: its secrets masked, or UNPARSABLE when libpq cannot read it."""
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+    except ProgrammingError:
+        return UNPARSABLE
+    if _URL.match(dsn):
+        masked = _URL_USERINFO_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", dsn)
+        masked = _URL_QUERY_SECRET.sub(rf"\g<1>{MASK}", masked)
+    else:
+        secrets = {keyword: MASK for keyword in SECRET_KEYWORDS if keyword in params}
+        masked = conninfo.make_conninfo(**{**params, **secrets})
     return scrub(masked, dsn)

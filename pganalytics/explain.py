@@ -8,7 +8,14 @@ without ANALYZE: planning may fold an IMMUTABLE function call, and if that funct
 about its side effects the transaction refuses them.
 
 Statements collected by pg_stat_statements carry `$n` parameters; they get a generic plan
-(`GENERIC_PLAN` on PostgreSQL 16+, PREPARE + `plan_cache_mode = force_generic_plan` before).
+(PREPARE + `plan_cache_mode = force_generic_plan`; `EXPLAIN (GENERIC_PLAN)` of PostgreSQL 16+
+cannot be used: over the extended protocol its `$n` become protocol parameters).
+
+The text is checked with pglast, and the server must read it the same way: the transaction
+first sets `standard_conforming_strings = on` (pglast's reading of a backslash in a quoted
+string; `off` on the database or role would let the server split the text elsewhere), and
+every statement goes through the extended query protocol, where the server refuses a text
+of more than one statement.
 """
 
 import json
@@ -18,15 +25,17 @@ from dataclasses import dataclass, field
 import psycopg
 from django.conf import settings
 from django.core.cache import caches
+from django.utils.crypto import salted_hmac
+from django.views.decorators.debug import sensitive_variables
 from pglast import parser
 
+from pganalytics import targets
+from pganalytics.dsn import scrub
 from pganalytics.fingerprint import fingerprint
 
 EXPLAINABLE = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"}
 PREPARED_NAME = "pganalytics_explain"
-CONNECT_TIMEOUT_SECONDS = 5
 LARGE_TABLE_ROWS = 10_000
-GENERIC_PLAN_VERSION = 160000
 
 
 class ExplainRefused(ValueError):
@@ -80,7 +89,7 @@ class PlanResult:
 def parse_statement(sql):
     """The ParsedStatement of `sql`, or ExplainRefused saying why it may not be explained."""
     try:
-        tree = json.loads(parser.parse_sql_json(sql))
+        tree = parse_tree(sql)
     except parser.ParseError as error:
         raise ExplainRefused(f"the statement does not parse: {error}") from None
     statements = tree.get("stmts", [])
@@ -102,14 +111,45 @@ def parse_statement(sql):
     return ParsedStatement(text, highest_parameter(tree))
 
 
-def highest_parameter(node):
+def parse_tree(sql):
+    """pglast's JSON parse tree of `sql`.
+
+    Raises pglast's ParseError also when the tree nests deeper than Python's json decoder
+    recurses (some 300 nested parentheses): the callers treat both alike.
+    """
+    tree_json = parser.parse_sql_json(sql)
+    try:
+        return json.loads(tree_json)
+    except RecursionError:
+        raise parser.ParseError("it nests too deeply to be read") from None
+
+
+def tree_nodes(tree):
+    """Every `(node type, fields)` pair of a pglast JSON tree, depth first.
+
+    A node is a one-key dict named by its type, except in fields typed as one node type:
+    the `relation` of INSERT / UPDATE / DELETE / CREATE INDEX ... is a bare RangeVar.
+    An explicit stack, not recursion: a deeply nested statement must not overflow Python's.
+    """
+    pending = [tree]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if isinstance(value, dict) and key[:1].isupper():
+                    yield key, value
+                elif key == "relation" and isinstance(value, dict) and "relname" in value:
+                    yield "RangeVar", value
+                if isinstance(value, (dict, list)):
+                    pending.append(value)
+
+
+def highest_parameter(tree):
     """The highest `$n` in a parse tree (0 when none): the arity of the statement."""
-    if isinstance(node, dict):
-        own = node["ParamRef"].get("number", 0) if "ParamRef" in node else 0
-        return max([own, *(highest_parameter(value) for value in node.values())])
-    if isinstance(node, list):
-        return max((highest_parameter(value) for value in node), default=0)
-    return 0
+    numbers = (body.get("number", 0) for kind, body in tree_nodes(tree) if kind == "ParamRef")
+    return max(numbers, default=0)
 
 
 def plan_nodes(plan_json):
@@ -150,18 +190,20 @@ def summarize(plan_json, table_rows=None, large_rows=LARGE_TABLE_ROWS):
     )
 
 
+@sensitive_variables()  # all: psycopg's frames below hold the password under other names
 def explain(dsn, sql, *, timeout=None):
     """PlanResult of `sql` planned on the server at `dsn`; the statement is never executed.
 
     The caller must pass only statements collected from that same server (the views pass
     Query rows of that database): this function trusts the text's origin, and refuses
     only what is not a plannable query. `timeout` (seconds) defaults to
-    EXPLAIN_STATEMENT_TIMEOUT. Raises ExplainRefused or ExplainFailed.
+    EXPLAIN_STATEMENT_TIMEOUT. Raises ExplainRefused or ExplainFailed; the latter's message
+    is scrubbed of the DSN's secrets, and psycopg's error, which is not, is not chained.
     """
     statement = parse_statement(sql)
     timeout_ms = int((settings.EXPLAIN_STATEMENT_TIMEOUT if timeout is None else timeout) * 1000)
     try:
-        with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS) as connection:
+        with targets.connect(dsn) as connection:
             connection.read_only = True
             try:
                 plan_json = _plan(connection, statement, timeout_ms)
@@ -169,28 +211,34 @@ def explain(dsn, sql, *, timeout=None):
             finally:
                 connection.rollback()
     except psycopg.Error as error:
-        raise ExplainFailed(_message(error)) from error
+        raise ExplainFailed(scrub(_message(error), dsn)) from None
     generic = statement.parameter_count > 0
     return PlanResult(plan_json, summarize(plan_json, table_rows), generic=generic)
 
 
 def _plan(connection, statement, timeout_ms):
-    """Run the EXPLAIN in the connection's (read-only) transaction; the plan JSON."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(timeout_ms)])
+    """Run the EXPLAIN in the connection's (read-only) transaction; the plan JSON.
+
+    The cursor is binary because psycopg then sends every statement with PQsendQueryParams
+    (it uses the simple-query protocol, which runs any number of statements, only for text
+    results without parameters): the server refuses a text of several statements.
+    """
+    with connection.cursor(binary=True) as cursor:
+        cursor.execute(
+            "SELECT set_config('standard_conforming_strings', 'on', true),"
+            " set_config('statement_timeout', %s, true)",
+            [str(timeout_ms)],
+        )
         if statement.parameter_count == 0:
             cursor.execute("EXPLAIN (FORMAT JSON) " + statement.text)
-        elif connection.info.server_version >= GENERIC_PLAN_VERSION:
-            cursor.execute("EXPLAIN (GENERIC_PLAN, FORMAT JSON) " + statement.text)
-        else:
-            nulls = ", ".join(["NULL"] * statement.parameter_count)
-            cursor.execute(f"PREPARE {PREPARED_NAME} AS " + statement.text)
-            cursor.execute("SELECT set_config('plan_cache_mode', 'force_generic_plan', true)")
-            cursor.execute(f"EXPLAIN (FORMAT JSON) EXECUTE {PREPARED_NAME}({nulls})")
-            plan_row = cursor.fetchone()
-            cursor.execute(f"DEALLOCATE {PREPARED_NAME}")
-            return _as_json(plan_row[0])
-        return _as_json(cursor.fetchone()[0])
+            return cursor.fetchone()[0]
+        nulls = ", ".join(["NULL"] * statement.parameter_count)
+        cursor.execute(f"PREPARE {PREPARED_NAME} AS " + statement.text)
+        cursor.execute("SELECT set_config('plan_cache_mode', 'force_generic_plan', true)")
+        cursor.execute(f"EXPLAIN (FORMAT JSON) EXECUTE {PREPARED_NAME}({nulls})")
+        plan_row = cursor.fetchone()
+        cursor.execute(f"DEALLOCATE {PREPARED_NAME}")
+        return plan_row[0]
 
 
 def _table_rows(connection, plan_json):
@@ -211,22 +259,30 @@ def _table_rows(connection, plan_json):
         return {name: float(rows) for name, rows in cursor.fetchall()}
 
 
-def _as_json(value):
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def _message(error):
     diagnostic = getattr(error, "diag", None)
     return (diagnostic and diagnostic.message_primary) or str(error).strip()
 
 
+@sensitive_variables("dsn")
+def explain_key(database_id, dsn, sql):
+    """The `explain` cache key: `explain:{database_id}:{server}:{fingerprint}`.
+
+    `server` is a keyed hash of the DSN, never the DSN (it holds the password): a DSN
+    edited in the admin must miss the plans of the old server.
+    """
+    server = salted_hmac("pganalytics.explain", dsn, algorithm="sha256").hexdigest()[:16]
+    return f"explain:{database_id}:{server}:{fingerprint(sql).fingerprint}"
+
+
+@sensitive_variables("dsn")
 def cached_explain(database_id, dsn, sql, *, timeout=None):
-    """explain() through the `explain` cache, key `explain:{database_id}:{fingerprint}`.
+    """explain() through the `explain` cache, under explain_key().
 
     Refusals are cached too (they depend only on the text); failures are not, so a
     timeout on a busy server is retried next time. Same caller rule as explain().
     """
-    key = f"explain:{database_id}:{fingerprint(sql).fingerprint}"
+    key = explain_key(database_id, dsn, sql)
     outcome = caches["explain"].get_or_set(key, lambda: _outcome(dsn, sql, timeout))
     if isinstance(outcome, ExplainRefused):
         raise outcome

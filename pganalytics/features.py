@@ -6,18 +6,18 @@ Whatever is missing reads 0 and its `has_*` flag says so, so every vector has ev
 `FEATURE_NAMES` is the contract with the model: append new names, never reorder or rename.
 """
 
-import json
 from dataclasses import dataclass
 
 from django.core.cache import caches
 from pglast import parser
 
-from pganalytics.explain import highest_parameter, summarize
+from pganalytics.explain import highest_parameter, parse_tree, summarize, tree_nodes
 from pganalytics.fingerprint import fingerprint
 
 FEATURE_NAMES = (
     # parse tree
-    "parse_error",  # 1 when the text does not parse (every parse-tree feature is then 0)
+    "parse_error",  # 1 when the text does not parse or nests too deeply to read (parse-tree
+    # features are then 0)
     "stmt_select",  # one-hot statement type of the first statement (VALUES counts as select)
     "stmt_insert",
     "stmt_update",
@@ -104,7 +104,7 @@ def extract_features(sql, stats=None, plan=None):
 
 def tree_features(sql):
     try:
-        tree = json.loads(parser.parse_sql_json(sql))
+        tree = parse_tree(sql)
     except parser.ParseError:
         return {"parse_error": 1.0}
     statements = tree.get("stmts", [])
@@ -115,8 +115,8 @@ def tree_features(sql):
         0,
     )
     counts["parameters"] = highest_parameter(tree)
-    cte_names = {body["ctename"] for kind, body in nodes(tree) if kind == "CommonTableExpr"}
-    for kind, body in nodes(tree):
+    cte_names = {body["ctename"] for kind, body in tree_nodes(tree) if kind == "CommonTableExpr"}
+    for kind, body in tree_nodes(tree):
         if kind == "RangeVar":
             names_a_cte = "schemaname" not in body and body["relname"] in cte_names
             counts["tables"] += not names_a_cte
@@ -142,27 +142,6 @@ def tree_features(sql):
     return {statement_feature: 1.0, **{name: float(value) for name, value in counts.items()}}
 
 
-def nodes(tree):
-    """Every `(node type, fields)` pair of a pglast JSON tree, depth first.
-
-    A node is a one-key dict named by its type, except in fields typed as one node type:
-    the `relation` of INSERT / UPDATE / DELETE / CREATE INDEX ... is a bare RangeVar.
-    """
-    pending = [tree]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, list):
-            pending.extend(item)
-        elif isinstance(item, dict):
-            for key, value in item.items():
-                if isinstance(value, dict) and key[:1].isupper():
-                    yield key, value
-                elif key == "relation" and isinstance(value, dict) and "relname" in value:
-                    yield "RangeVar", value
-                if isinstance(value, (dict, list)):
-                    pending.append(value)
-
-
 def is_aggregate(call):
     """An aggregate call; `count(*) OVER ()` is a window function and does not count."""
     if "over" in call:
@@ -175,15 +154,26 @@ def is_aggregate(call):
 
 
 def predicate_count(condition):
-    """Leaf conditions of a WHERE clause: `a = 1 AND (b OR NOT c)` has three."""
-    if not condition:
-        return 0
-    if "BoolExpr" in condition:
-        return sum(predicate_count(argument) for argument in condition["BoolExpr"]["args"])
-    return 1
+    """Leaf conditions of a WHERE clause: `a = 1 AND (b OR NOT c)` has three.
+
+    An explicit stack, not recursion: `NOT (NOT (...))` may nest hundreds deep.
+    """
+    count, pending = 0, [condition] if condition else []
+    while pending:
+        node = pending.pop()
+        if "BoolExpr" in node:
+            pending.extend(node["BoolExpr"]["args"])
+        else:
+            count += 1
+    return count
 
 
 def stats_features(stats):
+    """Features of one interval; `block_hit_ratio` is 1.0 when no shared block was touched.
+
+    1.0, not None: the model needs a number, and an interval that read nothing from disk
+    is as good as all hits (the pages' services.hit_ratio shows None, "no ratio", instead).
+    """
     if isinstance(stats, dict):
         stats = IntervalStats(**stats)
     touched = stats.shared_blks_hit + stats.shared_blks_read

@@ -24,12 +24,17 @@ class Fingerprint:
     error: str = ""
 
 
+def fold_whitespace(text):
+    """`text` on one line: each run of whitespace as one space, none at either end."""
+    return _WHITESPACE.sub(" ", text).strip()
+
+
 def compute_fingerprint(sql):
     """The Fingerprint of `sql`; never raises for bad SQL."""
     try:
         return Fingerprint(parser.fingerprint(sql), parser.normalize(sql), parsed=True)
     except parser.ParseError as error:
-        folded = _WHITESPACE.sub(" ", sql).strip()
+        folded = fold_whitespace(sql)
         digest = hashlib.blake2b(folded.encode(), digest_size=8).hexdigest()[1:]
         return Fingerprint(FALLBACK_PREFIX + digest, folded, parsed=False, error=str(error))
 

@@ -73,12 +73,18 @@ class Snapshot(models.Model):
         null=True, blank=True, help_text="pg_stat_statements_info.stats_reset on the server."
     )
     statement_count = models.PositiveIntegerField(
-        help_text="pg_stat_statements rows read (before grouping by fingerprint)."
+        help_text="pg_stat_statements rows read (before grouping by fingerprint), hidden "
+        "statements of other roles left out."
     )
     reset_detected = models.BooleanField(
         default=False, help_text="Statistics were reset (or lost) since the previous snapshot."
     )
     duration_ms = models.FloatField(help_text="Time to read and store this snapshot.")
+    warning = models.TextField(
+        blank=True,
+        default="",
+        help_text="What the collection could not see, and how to fix it (it still succeeded).",
+    )
 
     class Meta:
         get_latest_by = "taken_at"
@@ -99,6 +105,11 @@ class QueryStat(models.Model):
         Snapshot, on_delete=models.CASCADE, related_name="stats", db_index=False
     )
     query = models.ForeignKey(Query, on_delete=models.CASCADE, related_name="stats", db_index=False)
+    queryid = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="pg_stat_statements.queryid of the query's row with the most calls.",
+    )
 
     calls = models.BigIntegerField()
     total_exec_time = models.FloatField()

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import caches
-from django.db.models import Count, F, FloatField, Max, Sum
+from django.db.models import Count, F, FloatField, Max, OuterRef, Subquery, Sum
 from django.db.models.functions import Cast, NullIf
 from django.http import Http404
 from django.shortcuts import get_object_or_404
@@ -77,7 +77,10 @@ def top_query_params(params):
 
 
 def databases():
-    return MonitoredDatabase.objects.annotate(snapshot_count=Count("snapshots")).order_by("name")
+    newest = Snapshot.objects.filter(database=OuterRef("pk")).order_by("-taken_at", "-pk")
+    return MonitoredDatabase.objects.annotate(
+        snapshot_count=Count("snapshots"), warning=Subquery(newest.values("warning")[:1])
+    ).order_by("name")
 
 
 def database_summary(database):
@@ -90,6 +93,7 @@ def database_summary(database):
         "snapshots": database.snapshot_count,
         "last_collected_at": database.last_collected_at,
         "last_error": database.last_error,
+        "warning": database.warning or "",  # what the newest snapshot could not see
     }
 
 

@@ -1,15 +1,38 @@
-"""Databases on the app's own PostgreSQL server used as collection targets.
+"""Collection targets: connecting to a monitored database, and scratch targets.
 
-The demo, `bench_collect` and the tests monitor scratch databases next to the app's
-database: same host, port and role as DATABASES["default"], other database name.
+`connect` is how the app opens a connection to any monitored database. The demo,
+`bench_collect` and the tests monitor scratch databases next to the app's database: same
+host, port and role as DATABASES["default"], other database name.
 """
 
 import psycopg
 from django.conf import settings
 from psycopg import conninfo, sql
+from psycopg.adapt import Loader
 
+CONNECT_TIMEOUT_SECONDS = 5
 MAINTENANCE_DATABASE = "postgres"
 _SETTING_KEYWORDS = {"HOST": "host", "PORT": "port", "USER": "user", "PASSWORD": "password"}
+
+
+class _Utf8Loader(Loader):
+    """Text as UTF-8, invalid bytes replaced: a SQL_ASCII database may hold any bytes, and
+    psycopg would return bytes rather than str for its text columns."""
+
+    def load(self, data):
+        return bytes(data).decode("utf-8", "replace")
+
+
+def connect(dsn, **options):
+    """A psycopg connection to a monitored database: gives up connecting after
+    CONNECT_TIMEOUT_SECONDS, returns text as str whatever the database's encoding (the
+    server converts to UTF-8; SQL_ASCII, which it cannot convert, is decoded leniently)."""
+    connection = psycopg.connect(
+        dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS, client_encoding="UTF8", **options
+    )
+    for type_name in ("text", "name"):
+        connection.adapters.register_loader(type_name, _Utf8Loader)
+    return connection
 
 
 def local_dsn(dbname):

@@ -1,26 +1,83 @@
 """Collection against real PostgreSQL with pg_stat_statements: snapshots, deltas, resets,
-failing targets, and the DSN password kept out of everything shown."""
+failing targets, concurrent and limited collectors, the collect command, and the DSN
+password kept out of everything shown."""
 
 import io
 import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from urllib.parse import quote
 
 import psycopg
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.db import connection
+from psycopg import conninfo, sql
 
-from pganalytics.collector import MARKER, CollectionError, collect, collect_all
+from pganalytics import collector, services
+from pganalytics.collector import HIDDEN_TEXT, MARKER, CollectionError, collect, collect_all
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 from pganalytics.signals import snapshot_collected
-from pganalytics.targets import drop_database, local_dsn, reset_statements
+from pganalytics.targets import MAINTENANCE_DATABASE, drop_database, local_dsn, reset_statements
 
 LOOKUP = "SELECT count(*) FROM items WHERE id = %s"
 RANGE = "SELECT id FROM items WHERE id > %s ORDER BY id LIMIT 3"
+OWN = "SELECT current_user AS own_statement, %s::int"
 DOWN_DSN = "postgresql://monitor:s3cret-pw@127.0.0.1:1/nowhere?connect_timeout=2"
+SESSION = f"{os.environ.get('PYTEST_DB_SUFFIX', 'main')}_{os.getpid()}"
 
 
 def run(connection, statement, times):
     for number in range(times):
         connection.execute(statement, [number])
+
+
+@contextmanager
+def scratch_database(kind, options=""):
+    """The name of a new database on the app's server (CREATE DATABASE `options`), dropped after."""
+    name = f"pganalytics_{kind}_{SESSION}"
+    with psycopg.connect(local_dsn(MAINTENANCE_DATABASE), autocommit=True) as maintenance:
+        maintenance.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 {options}')
+    try:
+        yield name
+    finally:
+        drop_database(name)
+
+
+@pytest.fixture
+def limited_role():
+    """A login role without pg_read_all_stats: other roles' statements are hidden from it."""
+    role = f"pganalytics_limited_{SESSION}"
+    with psycopg.connect(local_dsn(MAINTENANCE_DATABASE), autocommit=True) as maintenance:
+        maintenance.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        yield role
+        maintenance.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def manage(*arguments):
+    """`manage.py *arguments` started in its own process, on this test's database."""
+    database = connection.settings_dict
+    user = f"{quote(database['USER'])}:{quote(database['PASSWORD'])}@" if database["USER"] else ""
+    port = f":{database['PORT']}" if database["PORT"] else ""
+    environment = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{user}{database['HOST']}{port}/{database['NAME']}",
+        "MAX_IDLE_DATABASE_CONNS": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "manage.py", *arguments],
+        cwd=settings.BASE_DIR,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def stat_of(snapshot, statement):
@@ -140,15 +197,114 @@ def test_collect_all_skips_disabled_databases_and_can_name_one(target, monitored
 
 
 def test_a_database_without_the_extension_fails_clearly(db):
-    name = f"pganalytics_bare_{os.environ.get('PYTEST_DB_SUFFIX', 'main')}_{os.getpid()}"
-    with psycopg.connect(local_dsn("postgres"), autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-    try:
+    with scratch_database("bare") as name:
         bare = MonitoredDatabase.objects.create(name="bare", dsn=local_dsn(name))
         with pytest.raises(CollectionError, match="pg_stat_statements is not installed"):
             collect(bare)
-    finally:
-        drop_database(name)
+
+
+def test_a_sql_ascii_database_is_collected(db):
+    options = "ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"
+    with scratch_database("ascii", options) as name:
+        with psycopg.connect(local_dsn(name), autocommit=True) as ascii_target:
+            try:
+                ascii_target.execute("CREATE EXTENSION pg_stat_statements")
+                ascii_target.execute("CREATE TABLE items (id int PRIMARY KEY)")
+                run(ascii_target, LOOKUP, 3)
+                database = MonitoredDatabase.objects.create(name="ascii", dsn=local_dsn(name))
+
+                snapshot = collect(database)
+
+                assert stat_of(snapshot, LOOKUP).calls == 3
+            finally:
+                # Its texts are read by every database's pg_stat_statements: none may stay.
+                reset_statements(ascii_target)
+
+
+def test_the_queryid_is_stored_and_the_rows_of_one_fingerprint_are_summed(target, monitored):
+    # IN lists of other lengths: one fingerprint for pg_query, two queryids for PostgreSQL.
+    for _ in range(3):
+        target.execute("SELECT count(*) FROM items WHERE id IN (%s, %s)", [1, 2])
+    target.execute("SELECT count(*) FROM items WHERE id IN (%s, %s, %s)", [1, 2, 3])
+    most_called = "SELECT count(*) FROM items WHERE id IN ($1, $2)"
+    queryid = target.execute(
+        "SELECT queryid FROM pg_stat_statements WHERE query = %s", [most_called]
+    ).fetchone()[0]
+
+    snapshot = collect(monitored)
+
+    stat = stat_of(snapshot, "SELECT count(*) FROM items WHERE id IN (%s")
+    assert (stat.calls, stat.queryid, stat.query.text) == (4, queryid, most_called)
+
+
+def test_hidden_statements_of_other_roles_are_left_out_and_reported(
+    target, target_name, monitored, limited_role
+):
+    run(target, LOOKUP, 3)  # as the app's role: hidden from the limited one
+    dsn = conninfo.make_conninfo(local_dsn(target_name), user=limited_role)
+    with psycopg.connect(dsn, autocommit=True) as own:
+        run(own, OWN, 2)
+    limited = MonitoredDatabase.objects.create(name="limited", dsn=dsn)
+
+    snapshot = collect(limited)
+
+    assert not Query.objects.filter(database=limited, text=HIDDEN_TEXT).exists()
+    assert stat_of(snapshot, OWN).calls == 2
+    assert re.fullmatch(
+        rf'\d+ statements? of other roles hidden: GRANT pg_read_all_stats TO "{limited_role}"',
+        snapshot.warning,
+    )
+    listed = {database.name: database for database in services.databases()}
+    assert services.database_summary(listed["limited"])["warning"] == snapshot.warning
+    assert collect(monitored).warning == ""  # the app's role is a superuser: sees them all
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_collections_of_one_database_at_once_are_stored_in_the_order_read(
+    target, monitored, monkeypatch
+):
+    """The admin's "Collect now" overlapping `collect --every`. The first reading waits up to
+    1 s for the second collection to be stored: before the fix it was, and the first was
+    then stored after it, with a negative interval and a false reset."""
+    run(target, LOOKUP, 1)
+    collect(monitored)
+    run(target, LOOKUP, 2)
+    read = collector.read_statements
+    first_read, second_stored = threading.Event(), threading.Event()
+
+    def read_statements(database):
+        reading = read(database)
+        if not first_read.is_set():
+            first_read.set()
+            second_stored.wait(timeout=1)
+        return reading
+
+    def second():
+        first_read.wait(timeout=10)
+        run(target, LOOKUP, 3)
+        snapshot = collect(monitored)
+        second_stored.set()
+        return snapshot
+
+    def with_own_connection(function):
+        try:
+            return function()
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(collector, "read_statements", read_statements)
+    with ThreadPoolExecutor(max_workers=2) as threads:
+        futures = [
+            threads.submit(with_own_connection, lambda: collect(monitored)),
+            threads.submit(with_own_connection, second),
+        ]
+        first, later = (future.result(timeout=30) for future in futures)
+
+    assert Snapshot.objects.filter(database=monitored).count() == 3
+    assert first.taken_at < later.taken_at
+    assert not first.reset_detected and not later.reset_detected
+    assert not QueryStat.objects.filter(interval_seconds__lte=0).exists()
+    assert (stat_of(first, LOOKUP).delta_calls, stat_of(later, LOOKUP).delta_calls) == (2, 3)
 
 
 def test_snapshot_collected_is_sent_after_commit(
@@ -236,3 +392,65 @@ def test_the_collect_command_reports_each_database_and_fails_if_one_did(target, 
         call_command("collect", "--database", "nope")
     with pytest.raises(CommandError, match="--every 'soon'"):
         call_command("collect", "--every", "soon")
+
+
+def test_an_unexpected_error_fails_its_database_only(target, monitored, monkeypatch):
+    MonitoredDatabase.objects.create(name="broken", dsn=monitored.dsn)
+    read = collector.read_statements
+
+    def read_statements(database):
+        if database.name == "broken":
+            raise RuntimeError("a bug,\n on two lines")
+        return read(database)
+
+    monkeypatch.setattr(collector, "read_statements", read_statements)
+    out, err = io.StringIO(), io.StringIO()
+
+    with pytest.raises(CommandError, match="1 database"):
+        call_command("collect", stdout=out, stderr=err)
+
+    assert err.getvalue() == "FAILED broken: unexpected RuntimeError: a bug, on two lines\n"
+    assert out.getvalue().startswith("ok target: ")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_single_run_exits_0_with_a_warning_and_1_when_a_database_failed(
+    target, target_name, limited_role
+):
+    run(target, LOOKUP, 1)  # hidden from the limited role
+    dsn = conninfo.make_conninfo(local_dsn(target_name), user=limited_role)
+    MonitoredDatabase.objects.create(name="limited", dsn=dsn)
+
+    warning = r"ok limited: .* \(\d+ statements of other roles hidden: GRANT pg_read_all_stats TO "
+    succeeding = manage("collect")
+    out, err = succeeding.communicate(timeout=60)
+    assert succeeding.returncode == 0, err
+    assert re.match(warning, out) and err == ""
+
+    MonitoredDatabase.objects.create(name="down", dsn=DOWN_DSN)
+    failing = manage("collect")
+    out, err = failing.communicate(timeout=60)
+    assert failing.returncode == 1
+    assert err.startswith("FAILED down: cannot connect to ")
+    assert re.match(warning, out)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_collect_every_goes_on_through_failures_until_terminated(target, target_name):
+    looping = manage("collect", "--every", "1s")
+    try:
+        assert looping.stderr.readline().startswith("nothing to collect: none enabled")
+        MonitoredDatabase.objects.create(name="down", dsn=DOWN_DSN)
+        working = MonitoredDatabase.objects.create(name="target", dsn=local_dsn(target_name))
+        deadline = time.monotonic() + 30
+        while working.snapshots.count() < 3 and time.monotonic() < deadline:
+            assert looping.poll() is None
+            time.sleep(0.2)
+    finally:
+        looping.terminate()
+        out, err = looping.communicate(timeout=30)
+
+    assert working.snapshots.count() >= 3
+    assert err.count("FAILED down: cannot connect to ") >= 2
+    assert out.count("ok target: ") >= 3 and out.endswith("collect: stopped\n")
+    assert looping.returncode == 0

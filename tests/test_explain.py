@@ -1,19 +1,30 @@
 """Safe EXPLAIN against the real test database: planned, never executed, never written."""
 
+import os
+import re
+
+import psycopg
 import pytest
 from django.core.cache import caches
 from django.db import connection
+from django.views.debug import ExceptionReporter
+from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
 from pganalytics.explain import (
     ExplainFailed,
     ExplainRefused,
+    ParsedStatement,
+    _plan,
     cached_explain,
     explain,
+    explain_key,
     parse_statement,
+    plan_nodes,
     summarize,
 )
 from pganalytics.fingerprint import fingerprint
+from pganalytics.targets import drop_database, ensure_database, local_dsn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,10 +60,32 @@ def dsn():
         )
 
 
+@pytest.fixture
+def lax_quoting_dsn():
+    """A DSN of a scratch database whose sessions read a backslash in '...' as an escape
+    (`standard_conforming_strings = off`, unlike pglast), with a 10-row table."""
+    name = f"explain_lax_quoting_{os.getpid()}"
+    ensure_database(name)
+    dsn = local_dsn(name)
+    with psycopg.connect(dsn, autocommit=True) as target:
+        target.execute(
+            pgsql.SQL("ALTER DATABASE {} SET standard_conforming_strings = off").format(
+                pgsql.Identifier(name)
+            )
+        )
+        target.execute("CREATE TABLE victims AS SELECT generate_series(1, 10) AS id")
+    yield dsn
+    drop_database(name)
+
+
 def scalar(sql):
     with connection.cursor() as cursor:
         cursor.execute(sql)
         return cursor.fetchone()[0]
+
+
+def nested_not(depth):
+    return "SELECT * FROM explain_orders WHERE " + "NOT (" * depth + "id = $1" + ")" * depth
 
 
 def test_select_plan_reports_a_seq_scan_of_a_large_table(dsn):
@@ -65,6 +98,7 @@ def test_select_plan_reports_a_seq_scan_of_a_large_table(dsn):
     assert scan.relation == "explain_orders" and scan.table_rows == 20000
     assert scan.estimated_rows < 100 and scan.large  # few rows out, all 20,000 read
     assert summary.total_cost > 0 and summary.estimated_rows == scan.estimated_rows
+    assert not [key for node in plan_nodes(result.plan_json) for key in node if "Actual" in key]
 
 
 def test_parameterised_statement_gets_a_generic_plan(dsn):
@@ -103,6 +137,50 @@ def test_explain_of_insert_update_delete_changes_nothing(dsn):
     assert scalar("SELECT count(*) FROM explain_orders WHERE total = 0") == 0
 
 
+def test_backslash_quoting_of_the_target_cannot_smuggle_statements_past_the_check(
+    lax_quoting_dsn,
+):
+    """pglast reads one SELECT; with backslash escapes the server would read the second
+    string literal as code: COMMIT (ending READ ONLY), then DELETE."""
+    with psycopg.connect(lax_quoting_dsn) as target:
+        assert target.execute("SHOW standard_conforming_strings").fetchone()[0] == "off"
+    smuggling = (
+        "SELECT * FROM XMLTABLE('/r' PASSING CAST('<r/>' AS xml) COLUMNS a text PATH 'p'"
+        r" DEFAULT '\' || ') ; COMMIT; DELETE FROM victims; --')"
+    )
+    result = explain(lax_quoting_dsn, smuggling)
+    assert result.summary.node_types == {"Table Function Scan": 1}  # pglast's one SELECT
+    with psycopg.connect(lax_quoting_dsn) as target:
+        assert target.execute("SELECT count(*) FROM victims").fetchone()[0] == 10
+
+
+@pytest.mark.parametrize(
+    "text, parameters",
+    [
+        ("SELECT 1; DELETE FROM explain_orders", 0),
+        ("SELECT $1::int; DELETE FROM explain_orders", 1),  # the PREPARE path
+    ],
+)
+def test_the_server_refuses_a_text_of_two_statements(dsn, text, parameters):
+    """The second line, should the parser ever be fooled: the extended query protocol."""
+    with (
+        pytest.raises(psycopg.errors.SyntaxError, match="cannot insert multiple commands"),
+        psycopg.connect(dsn) as target,
+    ):
+        _plan(target, ParsedStatement(text, parameters), timeout_ms=1000)
+    assert scalar("SELECT count(*) FROM explain_orders") == 20000
+
+
+def test_deeply_nested_statement_is_planned(dsn):
+    result = explain(dsn, nested_not(200))  # deeper than a recursive walk of its tree goes
+    assert result.generic and result.summary.top_node
+
+
+def test_statement_nested_too_deeply_to_read_is_refused():
+    with pytest.raises(ExplainRefused, match="nests too deeply"):
+        cached_explain(1, "host=127.0.0.1 port=1", nested_not(1000))
+
+
 def test_folded_function_with_side_effects_is_stopped_by_read_only(dsn):
     with pytest.raises(ExplainFailed, match="read-only transaction"):
         explain(dsn, "SELECT * FROM explain_orders WHERE id = explain_bump()")
@@ -123,6 +201,25 @@ def test_untyped_parameters_fail_with_postgres_message(dsn):
 def test_unreachable_server_fails_cleanly():
     with pytest.raises(ExplainFailed):
         explain("host=127.0.0.1 port=1 dbname=none", "SELECT 1")
+
+
+def test_failure_message_never_quotes_the_password():
+    """libpq ends the password at the first `@`: the host it fails to resolve is `ss-word@...`."""
+    with pytest.raises(ExplainFailed) as failed:
+        explain("postgresql://monitor:pa@ss-word@127.0.0.1:1/app", "SELECT 1")
+    assert "127.0.0.1" in str(failed.value) and "ss-word" not in str(failed.value)
+    assert failed.value.__cause__ is None  # psycopg's unscrubbed error does not travel along
+
+
+def test_an_unexpected_error_reports_no_dsn():
+    """Error reports (500 e-mails, logs) list each frame's locals: the DSN's are hidden."""
+    caches["explain"].clear()
+    with pytest.raises(ValueError) as raised:
+        cached_explain(1, "host=127.0.0.1 password=reported-secret", "SELECT 1", timeout="soon")
+    frames = ExceptionReporter(None, raised.type, raised.value, raised.tb).get_traceback_frames()
+    below_the_test = [frame for frame in frames if frame["filename"] != __file__]
+    assert "explain" in [frame["function"] for frame in below_the_test]
+    assert "reported-secret" not in repr([frame["vars"] for frame in below_the_test])
 
 
 def test_statement_text_is_cut_to_the_one_statement():
@@ -158,4 +255,17 @@ def test_cached_explain_plans_once_and_caches_refusals(dsn):
     for _ in range(2):
         with pytest.raises(ExplainRefused):
             cached_explain(1, dsn, "VACUUM explain_orders")
-    assert cache.has_key(f"explain:1:{fingerprint('VACUUM explain_orders').fingerprint}")
+    assert cache.has_key(explain_key(1, dsn, "VACUUM explain_orders"))
+
+
+def test_explain_key_names_the_server_by_a_hash_of_its_dsn(dsn):
+    key = explain_key(1, dsn, "SELECT 1")
+    assert re.fullmatch(rf"explain:1:[0-9a-f]{{16}}:{fingerprint('SELECT 1').fingerprint}", key)
+    assert explain_key(1, dsn + " application_name=x", "SELECT 1") != key
+
+
+def test_after_a_dsn_edit_the_old_servers_plan_is_not_served(dsn):
+    caches["explain"].clear()
+    cached_explain(1, dsn, "SELECT * FROM explain_orders WHERE id = 5")
+    with pytest.raises(ExplainFailed):  # explained afresh, on the (unreachable) new server
+        cached_explain(1, "host=127.0.0.1 port=1", "SELECT * FROM explain_orders WHERE id = 5")

@@ -11,8 +11,10 @@ from pganalytics.features import (
     FeatureRequest,
     IntervalStats,
     cached_features,
+    extract_batch,
     extract_features,
 )
+from pganalytics.features import extract as shared_extractor
 
 
 def nonzero(features):
@@ -84,6 +86,20 @@ def test_unparseable_text_is_flagged_not_raised():
     assert features["parse_error"] == 1.0
     assert features["tables"] == 0.0 and features["stmt_select"] == 0.0
     assert features["has_stats"] == 1.0 and features["calls_per_minute"] == 6.0
+
+
+def nested_not(depth):
+    return "SELECT * FROM orders WHERE " + "NOT (" * depth + "id = $1" + ")" * depth
+
+
+def test_deeply_nested_conditions_are_counted():
+    assert nonzero(extract_features(nested_not(200))) == {  # deeper than recursion goes
+        "stmt_select": 1.0, "tables": 1.0, "where_predicates": 1.0, "parameters": 1.0,
+    }
+
+
+def test_nesting_too_deep_to_read_is_flagged_not_raised():
+    assert nonzero(extract_features(nested_not(1000))) == {"parse_error": 1.0}
 
 
 def test_interval_statistics():
@@ -180,6 +196,30 @@ def test_batch_computes_only_the_misses_and_keeps_input_order(counted):
     assert results[3] == results[4]
     computed.clear()
     assert extractor.batch(requests) == results and computed == []
+
+
+def test_extract_batch_computes_only_the_misses_in_request_order(monkeypatch):
+    caches["features"].clear()
+    computed = []
+    extract = shared_extractor.extract
+
+    def counted(sql, stats=None, plan=None):
+        computed.append(sql)
+        return extract(sql, stats, plan)
+
+    monkeypatch.setattr(shared_extractor, "extract", counted)
+    shared_extractor("SELECT * FROM orders WHERE id = $1")
+    shared_extractor("SELECT count(*) FROM refunds", scenario="optimized")
+    requests = [
+        FeatureRequest("SELECT * FROM orders o JOIN customers c ON c.id = o.customer_id"),
+        FeatureRequest("SELECT * FROM orders WHERE id = $1"),
+        FeatureRequest("SELECT count(*) FROM refunds", scenario="optimized"),
+        FeatureRequest("DELETE FROM sessions WHERE expires < now()"),
+    ]
+    computed.clear()
+    results = extract_batch(iter(requests))
+    assert computed == [requests[0].sql, requests[3].sql]
+    assert results == [extract_features(request.sql) for request in requests]
 
 
 def test_concurrent_misses_of_one_key_compute_once():

@@ -86,6 +86,7 @@ def test_the_database_list(client_of, user, collected):
             "snapshots": 3,
             "last_collected_at": DjangoJSONEncoder().default(collected.last_collected_at),
             "last_error": "",
+            "warning": "",
         }
     ]
 

@@ -1,5 +1,6 @@
 """`manage.py collect [--database NAME] [--every 60s]`: snapshots of the monitored databases."""
 
+import signal
 import time
 
 from django.core.management.base import BaseCommand, CommandError
@@ -7,6 +8,7 @@ from django.db import close_old_connections
 
 from pganalytics.collector import CollectionError, collect_all
 from pganalytics.config import parse_period
+from pganalytics.fingerprint import fold_whitespace
 
 
 def duration(text):
@@ -19,7 +21,8 @@ def duration(text):
 class Command(BaseCommand):
     help = (
         "Collect a pg_stat_statements snapshot of every enabled monitored database (or the one "
-        "named), once or every interval. Exits non-zero when a database failed."
+        "named), once or every interval. Once: exits non-zero when a database failed. Every "
+        "interval: reports failures and goes on until Ctrl-C or SIGTERM."
     )
 
     def add_arguments(self, parser):
@@ -27,7 +30,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--every",
             metavar="DURATION",
-            help="repeat at this interval (60s, 5m, ...) until Ctrl-C",
+            help="repeat at this interval (60s, 5m, ...) until Ctrl-C or SIGTERM",
         )
 
     def handle(self, *args, database=None, every=None, **options):
@@ -37,14 +40,23 @@ class Command(BaseCommand):
             if failures:
                 raise CommandError(f"{failures} database(s) failed")
             return
+        previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C
         try:
             while True:
                 started = time.monotonic()
-                self.collect_round(database)
+                try:
+                    self.collect_round(database)
+                except CommandError as error:  # nothing to collect yet: an admin may add one
+                    self.stderr.write(str(error))
+                except Exception as error:  # e.g. our own database unreachable: next round
+                    reason = fold_whitespace(str(error))
+                    self.stderr.write(f"round failed: {type(error).__name__}: {reason}")
                 close_old_connections()
                 time.sleep(max(0.0, started + interval - time.monotonic()))
         except KeyboardInterrupt:
             self.stdout.write("collect: stopped")
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
     def collect_round(self, name):
         """Collect once; one line per database; returns how many failed."""
@@ -64,5 +76,7 @@ class Command(BaseCommand):
                 )
                 if outcome.reset_detected:
                     line += " (statistics were reset since the previous snapshot)"
+                if outcome.warning:
+                    line += f" ({outcome.warning})"
                 self.stdout.write(line)
         return failures
