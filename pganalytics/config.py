@@ -86,23 +86,19 @@ class Config:
         return int(seconds)
 
     def integer(self, name, default, minimum=0):
-        raw = self._raw(name, str(default))
-        try:
-            value = int(raw)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            self._fail(name, raw, f"a whole number >= {minimum}")
-        return value
+        return self._at_least(name, default, int, minimum, f"a whole number >= {minimum}")
 
     def number(self, name, default, minimum=0.0):
+        return self._at_least(name, default, float, minimum, f"a number >= {minimum}")
+
+    def _at_least(self, name, default, cast, minimum, expected):
         raw = self._raw(name, str(default))
         try:
-            value = float(raw)
+            value = cast(raw)
         except ValueError:
             value = None
-        if value is None or not value >= minimum:
-            self._fail(name, raw, f"a number >= {minimum}")
+        if value is None or not value >= minimum:  # `not >=` also refuses NaN
+            self._fail(name, raw, expected)
         return value
 
     def boolean(self, name, default):
@@ -120,11 +116,7 @@ class Config:
         if raw == "" and default == "":
             return ""
         expected = f"a URL such as {schemes[0]}://host:port"
-        try:
-            parts = urlsplit(raw)
-            parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
-        except ValueError:
-            self._fail(name, _masked(raw), expected)
+        parts = self._url_parts(name, raw, expected)
         has_address = parts.path if parts.scheme == "unix" else parts.hostname
         if parts.scheme not in schemes or not has_address:
             self._fail(name, _masked(raw), expected)
@@ -145,14 +137,19 @@ class Config:
         """Django's DATABASES entry for a postgres:// URL (password never echoed back)."""
         raw = self._raw(name, default)
         expected = "a URL such as postgres://user@host:5432/dbname"
+        parts = self._url_parts(name, raw, expected)
+        if parts.scheme not in ("postgres", "postgresql", "pgsql") or not parts.path.strip("/"):
+            self._fail(name, _masked(raw), expected)
+        return self.env.db_url_config(raw)
+
+    def _url_parts(self, name, raw, expected):
+        """urlsplit(raw), or a ConfigError for a malformed URL (a bad port, a broken IPv6 host)."""
         try:
             parts = urlsplit(raw)
             parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
         except ValueError:
             self._fail(name, _masked(raw), expected)
-        if parts.scheme not in ("postgres", "postgresql", "pgsql") or not parts.path.strip("/"):
-            self._fail(name, _masked(raw), expected)
-        return self.env.db_url_config(raw)
+        return parts
 
 
 def _masked(url):
