@@ -44,6 +44,13 @@ class MonitoredDatabaseForm(forms.ModelForm):
             conninfo.conninfo_to_dict(dsn)
         except Exception:  # never echo the value: it holds the password
             raise forms.ValidationError("Not a valid libpq URL or key=value string.") from None
+        scheme, separator, rest = dsn.partition("://")
+        if separator and rest.split("/", 1)[0].count("@") > 1:
+            # libpq would read what follows the password's "@" as the host.
+            raise forms.ValidationError(
+                'The URL has more than one "@" before the host: write an "@" of the user '
+                "or password as %40."
+            )
         return dsn
 
 

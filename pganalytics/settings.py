@@ -127,5 +127,5 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"  # `manage.py collectstatic` (scripts/run does it)
+STATIC_ROOT = BASE_DIR / "staticfiles"  # `manage.py collectstatic` (scripts/setup does it)
 LOGIN_URL = "admin:login"

@@ -362,6 +362,20 @@ def test_the_admin_never_renders_the_password_and_keeps_it_when_left_empty(admin
     assert (database.dsn, database.enabled) == ("host=elsewhere password=new-pw", False)
 
 
+def test_the_admin_refuses_a_url_whose_password_holds_a_bare_at_sign(admin_client):
+    url = "/admin/pganalytics/monitoreddatabase/add/"
+    response = admin_client.post(
+        url, {"name": "at", "dsn": "postgresql://u:pa@ss@127.0.0.1/x", "enabled": "on"}
+    )
+    page = response.content.decode()
+    assert response.status_code == 200 and "write an &quot;@&quot;" in page and "pa@ss" not in page
+    response = admin_client.post(
+        url, {"name": "at", "dsn": "postgresql://u:pa%40ss@127.0.0.1/x", "enabled": "on"}
+    )
+    assert response.status_code == 302
+    assert MonitoredDatabase.objects.get(name="at").dsn == "postgresql://u:pa%40ss@127.0.0.1/x"
+
+
 def test_the_admin_collect_action_reports_failures_without_the_password(admin_client):
     database = MonitoredDatabase.objects.create(name="down", dsn=DOWN_DSN)
 
