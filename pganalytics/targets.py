@@ -11,6 +11,11 @@ from psycopg import conninfo, sql
 from psycopg.adapt import Loader
 
 CONNECT_TIMEOUT_SECONDS = 5
+# TCP keepalives: a target that vanishes from the network mid-read is noticed within about a
+# minute instead of the kernel's two hours (a collection holds its database's lock meanwhile).
+KEEPALIVES = {
+    "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3
+}
 MAINTENANCE_DATABASE = "postgres"
 _SETTING_KEYWORDS = {"HOST": "host", "PORT": "port", "USER": "user", "PASSWORD": "password"}
 
@@ -28,7 +33,8 @@ def connect(dsn, **options):
     CONNECT_TIMEOUT_SECONDS, returns text as str whatever the database's encoding (the
     server converts to UTF-8; SQL_ASCII, which it cannot convert, is decoded leniently)."""
     connection = psycopg.connect(
-        dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS, client_encoding="UTF8", **options
+        dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS, client_encoding="UTF8", **KEEPALIVES,
+        **options,
     )
     for type_name in ("text", "name"):
         connection.adapters.register_loader(type_name, _Utf8Loader)

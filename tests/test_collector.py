@@ -20,7 +20,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from psycopg import conninfo, sql
 
-from pganalytics import collector, services
+from pganalytics import collector, services, targets
 from pganalytics.collector import HIDDEN_TEXT, MARKER, CollectionError, collect, collect_all
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 from pganalytics.signals import snapshot_collected
@@ -360,6 +360,16 @@ def test_the_admin_never_renders_the_password_and_keeps_it_when_left_empty(admin
     admin_client.post(url, {"name": "app", "dsn": "host=elsewhere password=new-pw", "enabled": ""})
     database.refresh_from_db()
     assert (database.dsn, database.enabled) == ("host=elsewhere password=new-pw", False)
+
+
+def test_connections_to_targets_give_up_on_a_silent_network(target_name):
+    with targets.connect(local_dsn(target_name)) as connection:
+        settings = {option.keyword.decode(): option.val for option in connection.pgconn.info}
+        assert connection.execute("SELECT 'ok'").fetchone()[0] == "ok"
+    assert {key: settings[key] for key in targets.KEEPALIVES} == {
+        key: str(value).encode() for key, value in targets.KEEPALIVES.items()
+    }
+    assert settings["connect_timeout"] == str(targets.CONNECT_TIMEOUT_SECONDS).encode()
 
 
 def test_the_admin_refuses_a_url_whose_password_holds_a_bare_at_sign(admin_client):
