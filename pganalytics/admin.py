@@ -75,12 +75,14 @@ class MonitoredDatabaseAdmin(admin.ModelAdmin):
             except CollectionError as error:
                 self.message_user(request, str(error), messages.ERROR)
             else:
-                self.message_user(
-                    request,
+                message = (
                     f"{database.name}: snapshot of {snapshot.statement_count} statements "
-                    f"in {snapshot.duration_ms:.0f} ms",
-                    messages.SUCCESS,
+                    f"in {snapshot.duration_ms:.0f} ms"
                 )
+                if snapshot.warning:
+                    self.message_user(request, f"{message} ({snapshot.warning})", messages.WARNING)
+                else:
+                    self.message_user(request, message, messages.SUCCESS)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -96,7 +98,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(Snapshot)
 class SnapshotAdmin(ReadOnlyAdmin):
     list_display = [
-        "database", "taken_at", "statement_count", "reset_detected", "duration_ms", "stats_reset"
+        "database", "taken_at", "statement_count", "reset_detected", "duration_ms", "stats_reset",
+        "warning",
     ]
     list_filter = ["database", "reset_detected"]
     date_hierarchy = "taken_at"

@@ -238,7 +238,7 @@ def test_the_queryid_is_stored_and_the_rows_of_one_fingerprint_are_summed(target
 
 
 def test_hidden_statements_of_other_roles_are_left_out_and_reported(
-    target, target_name, monitored, limited_role
+    target, target_name, monitored, limited_role, admin_client
 ):
     run(target, LOOKUP, 3)  # as the app's role: hidden from the limited one
     dsn = conninfo.make_conninfo(local_dsn(target_name), user=limited_role)
@@ -256,6 +256,12 @@ def test_hidden_statements_of_other_roles_are_left_out_and_reported(
     )
     listed = {database.name: database for database in services.databases()}
     assert services.database_summary(listed["limited"])["warning"] == snapshot.warning
+    page = admin_client.post(
+        "/admin/pganalytics/monitoreddatabase/",
+        {"action": "collect_now", "_selected_action": [limited.pk]},
+        follow=True,
+    ).content.decode()
+    assert f"GRANT pg_read_all_stats TO &quot;{limited_role}&quot;" in page
     assert collect(monitored).warning == ""  # the app's role is a superuser: sees them all
 
 
