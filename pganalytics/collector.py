@@ -4,8 +4,8 @@ Reading and storing are separate steps: the target is read over its own short-li
 psycopg connection (connect timeout, statement_timeout) before any transaction of ours is
 open, so a slow target never holds our database. Storing then happens in one transaction,
 in bulk, with the previous snapshot of the same database as the baseline for the interval
-deltas. Collections of one database run one at a time, from reading to commit, so
-snapshots are stored in the order they were taken.
+deltas; a reading older than a snapshot stored meanwhile is dropped, so snapshots are
+stored in the order they were taken.
 
 Counters in pg_stat_statements only grow until statistics are reset, entries are evicted
 or stats are lost in a crash. A reset shows as a changed `stats_reset` (full reset) or as a
@@ -16,7 +16,6 @@ delta is the new cumulative value: what accrued since the reset, never negative.
 import logging
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -286,11 +285,22 @@ def interval_deltas(current, previous, *, first_snapshot, stats_were_reset):
 def store(database, reading, started):
     """Snapshot + QueryStat rows of `reading`, in one transaction; returns the Snapshot.
 
-    The caller holds the database's collection lock (see `collect`).
+    Collections of one database store one at a time (the database's row is locked). One
+    whose reading is older than a snapshot stored meanwhile (the admin's "Collect now"
+    overtaken by `collect --every`) is dropped with a CollectionError: stored, it would make
+    a negative interval and a false reset, and the newer snapshot's cumulative counters
+    already hold everything it saw.
     """
     groups = group_by_fingerprint(reading.rows)
     with transaction.atomic():
+        MonitoredDatabase.objects.select_for_update().get(pk=database.pk)
         previous = database.snapshots.order_by("-taken_at", "-pk").first()
+        if previous is not None and previous.taken_at >= reading.taken_at:
+            raise CollectionError(
+                database,
+                f"a snapshot taken at {previous.taken_at:%Y-%m-%d %H:%M:%S} was stored while "
+                "this one was read: this older reading is dropped (that snapshot counts it)",
+            )
         query_ids = _query_ids(database, groups, reading.taken_at)
         previous_counters = _counters_of(previous)
         stats_were_reset = (
@@ -360,7 +370,7 @@ def copy_rows(model, rows):
 def _query_ids(database, groups, seen_at):
     """{fingerprint: Query id} of `groups`, creating a Query for each new fingerprint.
 
-    Safe without ON CONFLICT because the caller holds the database's collection lock. Fetching
+    Safe without ON CONFLICT because the caller holds the database's row lock. Fetching
     all the database's ids is cheaper than filtering on thousands of fingerprints.
     """
     query_ids = dict(Query.objects.filter(database=database).values_list("fingerprint", "pk"))
@@ -391,42 +401,18 @@ def _counters_of(snapshot):
     }
 
 
-@contextmanager
-def _collection_lock(database):
-    """Hold a session advisory lock on our database, keyed (table, id) of `database`.
-
-    Collections of one database (the admin's "Collect now" overlapping `collect --every`)
-    then run one after the other from reading to commit: stored in the order they were
-    read, so no interval is negative and no lower reading passes for a reset. A session
-    lock, unlike a row lock, keeps no transaction of ours open while the target is read.
-    """
-    key = [MonitoredDatabase._meta.db_table, database.pk]
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s::regclass::oid::int, %s::int)", key)
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s::regclass::oid::int, %s::int)", key)
-
-
 def collect(database):
-    """Read and store one snapshot of `database`; on failure record it in `last_error` and raise.
-
-    Call it outside any transaction: its lock is released on return, so an enclosing
-    transaction would commit the snapshot after the next collection may have read.
-    """
-    with _collection_lock(database):
-        started = time.perf_counter()
-        try:
-            reading = read_statements(database)
-        except CollectionError as error:
-            database.last_error = str(error)
-            MonitoredDatabase.objects.filter(pk=database.pk).update(
-                last_error=database.last_error, updated_at=timezone.now()
-            )
-            raise
-        return store(database, reading, started)
+    """Read and store one snapshot of `database`; on failure record it in `last_error` and raise."""
+    started = time.perf_counter()
+    try:
+        reading = read_statements(database)
+    except CollectionError as error:
+        database.last_error = str(error)
+        MonitoredDatabase.objects.filter(pk=database.pk).update(
+            last_error=database.last_error, updated_at=timezone.now()
+        )
+        raise
+    return store(database, reading, started)
 
 
 def collect_all(name=None):

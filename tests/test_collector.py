@@ -266,12 +266,12 @@ def test_hidden_statements_of_other_roles_are_left_out_and_reported(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_collections_of_one_database_at_once_are_stored_in_the_order_read(
+def test_a_reading_overtaken_by_a_newer_snapshot_is_dropped_not_stored_out_of_order(
     target, monitored, monkeypatch
 ):
-    """The admin's "Collect now" overlapping `collect --every`. The first reading waits up to
-    1 s for the second collection to be stored: before the fix it was, and the first was
-    then stored after it, with a negative interval and a false reset."""
+    """The admin's "Collect now" overlapping `collect --every`: the first reading waits until
+    the second collection is stored. Stored after it, it would make a negative interval and
+    a false reset; it is dropped instead, and the newer snapshot counts its calls."""
     run(target, LOOKUP, 1)
     collect(monitored)
     run(target, LOOKUP, 2)
@@ -282,7 +282,7 @@ def test_two_collections_of_one_database_at_once_are_stored_in_the_order_read(
         reading = read(database)
         if not first_read.is_set():
             first_read.set()
-            second_stored.wait(timeout=1)
+            assert second_stored.wait(timeout=20)
         return reading
 
     def second():
@@ -300,17 +300,15 @@ def test_two_collections_of_one_database_at_once_are_stored_in_the_order_read(
 
     monkeypatch.setattr(collector, "read_statements", read_statements)
     with ThreadPoolExecutor(max_workers=2) as threads:
-        futures = [
-            threads.submit(with_own_connection, lambda: collect(monitored)),
-            threads.submit(with_own_connection, second),
-        ]
-        first, later = (future.result(timeout=30) for future in futures)
+        overtaken = threads.submit(with_own_connection, lambda: collect(monitored))
+        later = threads.submit(with_own_connection, second).result(timeout=30)
+        with pytest.raises(CollectionError, match="this older reading is dropped"):
+            overtaken.result(timeout=30)
 
-    assert Snapshot.objects.filter(database=monitored).count() == 3
-    assert first.taken_at < later.taken_at
-    assert not first.reset_detected and not later.reset_detected
+    assert Snapshot.objects.filter(database=monitored).count() == 2
+    assert not later.reset_detected
     assert not QueryStat.objects.filter(interval_seconds__lte=0).exists()
-    assert (stat_of(first, LOOKUP).delta_calls, stat_of(later, LOOKUP).delta_calls) == (2, 3)
+    assert stat_of(later, LOOKUP).delta_calls == 5  # the dropped reading's 2 calls, then 3
 
 
 def test_snapshot_collected_is_sent_after_commit(
