@@ -12,7 +12,7 @@ from psycopg.adapt import Loader
 
 CONNECT_TIMEOUT_SECONDS = 5
 # TCP keepalives: a target that vanishes from the network mid-read is noticed within about a
-# minute instead of the kernel's two hours (a collection holds its database's lock meanwhile).
+# minute instead of the kernel's two hours.
 KEEPALIVES = {
     "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3
 }
@@ -21,23 +21,28 @@ _SETTING_KEYWORDS = {"HOST": "host", "PORT": "port", "USER": "user", "PASSWORD":
 
 
 class _Utf8Loader(Loader):
-    """Text as UTF-8, invalid bytes replaced: a SQL_ASCII database may hold any bytes, and
-    psycopg would return bytes rather than str for its text columns."""
+    """Text as UTF-8, invalid bytes replaced: a SQL_ASCII database may hold any bytes, the
+    server sends them unconverted, and psycopg would return bytes for its text columns."""
 
     def load(self, data):
         return bytes(data).decode("utf-8", "replace")
 
 
 def connect(dsn, **options):
-    """A psycopg connection to a monitored database: gives up connecting after
-    CONNECT_TIMEOUT_SECONDS, returns text as str whatever the database's encoding (the
-    server converts to UTF-8; SQL_ASCII, which it cannot convert, is decoded leniently)."""
+    """A psycopg connection to a monitored database, text always returned as str.
+
+    It gives up connecting after CONNECT_TIMEOUT_SECONDS and uses TCP keepalives, unless
+    the DSN says otherwise. A SQL_ASCII database's text, which the server cannot convert,
+    is decoded as UTF-8 with invalid bytes replaced.
+    """
+    given = conninfo.conninfo_to_dict(dsn)
+    defaults = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **KEEPALIVES}
     connection = psycopg.connect(
-        dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS, client_encoding="UTF8", **KEEPALIVES,
-        **options,
+        dsn, **{key: value for key, value in defaults.items() if key not in given}, **options
     )
-    for type_name in ("text", "name"):
-        connection.adapters.register_loader(type_name, _Utf8Loader)
+    if connection.info.parameter_status("server_encoding") == "SQL_ASCII":
+        for type_name in ("text", "name"):
+            connection.adapters.register_loader(type_name, _Utf8Loader)
     return connection
 
 

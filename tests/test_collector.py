@@ -22,6 +22,7 @@ from psycopg import conninfo, sql
 
 from pganalytics import collector, services, targets
 from pganalytics.collector import HIDDEN_TEXT, MARKER, CollectionError, collect, collect_all
+from pganalytics.explain import explain
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 from pganalytics.signals import snapshot_collected
 from pganalytics.targets import MAINTENANCE_DATABASE, drop_database, local_dsn, reset_statements
@@ -211,11 +212,17 @@ def test_a_sql_ascii_database_is_collected(db):
                 ascii_target.execute("CREATE EXTENSION pg_stat_statements")
                 ascii_target.execute("CREATE TABLE items (id int PRIMARY KEY)")
                 run(ascii_target, LOOKUP, 3)
+                # A Latin-1 byte in the text itself (constants are normalised away).
+                ascii_target.execute(b'SELECT count(*) AS "caf\xe9" FROM items')
                 database = MonitoredDatabase.objects.create(name="ascii", dsn=local_dsn(name))
 
                 snapshot = collect(database)
 
                 assert stat_of(snapshot, LOOKUP).calls == 3
+                latin = stat_of(snapshot, "SELECT count(*) AS")
+                assert latin.query.text == 'SELECT count(*) AS "caf\ufffd" FROM items'
+                plan = explain(database.dsn, stat_of(snapshot, LOOKUP).query.text)
+                assert plan.summary.node_types
             finally:
                 # Its texts are read by every database's pg_stat_statements: none may stay.
                 reset_statements(ascii_target)
@@ -366,7 +373,7 @@ def test_the_admin_never_renders_the_password_and_keeps_it_when_left_empty(admin
     assert (database.dsn, database.enabled) == ("host=elsewhere password=new-pw", False)
 
 
-def test_connections_to_targets_give_up_on_a_silent_network(target_name):
+def test_connections_to_targets_give_up_on_a_silent_network_unless_the_dsn_says(target_name):
     with targets.connect(local_dsn(target_name)) as connection:
         settings = {option.keyword.decode(): option.val for option in connection.pgconn.info}
         assert connection.execute("SELECT 'ok'").fetchone()[0] == "ok"
@@ -374,6 +381,10 @@ def test_connections_to_targets_give_up_on_a_silent_network(target_name):
         key: str(value).encode() for key, value in targets.KEEPALIVES.items()
     }
     assert settings["connect_timeout"] == str(targets.CONNECT_TIMEOUT_SECONDS).encode()
+    own = conninfo.make_conninfo(local_dsn(target_name), connect_timeout=2, keepalives=0)
+    with targets.connect(own) as connection:
+        settings = {option.keyword.decode(): option.val for option in connection.pgconn.info}
+    assert (settings["connect_timeout"], settings["keepalives"]) == (b"2", b"0")
 
 
 def test_the_admin_refuses_a_url_whose_password_holds_a_bare_at_sign(admin_client):
