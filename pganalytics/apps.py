@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class PganalyticsConfig(AppConfig):
     name = "pganalytics"
     verbose_name = "PostgreSQL analytics"
+
+    def ready(self):
+        from pganalytics import signals  # noqa: F401 - connects the receivers

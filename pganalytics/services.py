@@ -43,15 +43,15 @@ class BadRequest(ValueError):
 def data_version(database_id=None):
     """What the answers about one database (or all) depend on, as a cache `version`: its
     newest snapshot id, and the last change to the monitored databases themselves (a
-    rename, a failed collection's error, one added or removed)."""
+    rename, a failed collection's error, a deleted snapshot, one added or removed)."""
     snapshots, monitored = Snapshot.objects.all(), MonitoredDatabase.objects.all()
     if database_id is not None:
         snapshots = snapshots.filter(database_id=database_id)
         monitored = monitored.filter(pk=database_id)
-    collected = snapshots.aggregate(newest=Max("id"), count=Count("id"))
+    newest = snapshots.aggregate(newest=Max("id"))["newest"] or 0
     changed = monitored.aggregate(changed=Max("updated_at"), count=Count("id"))
     stamp = changed["changed"].timestamp() if changed["changed"] else 0
-    return f"{collected['newest'] or 0}.{collected['count']}.{stamp}.{changed['count']}"
+    return f"{newest}.{stamp}.{changed['count']}"
 
 
 def parse_window(text):
