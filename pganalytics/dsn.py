@@ -3,9 +3,10 @@
 A DSN is a libpq URL (postgresql://user:secret@host/db?password=...) or a key=value string
 (host=h password='se cret'); `password` and `sslpassword` are its secrets. A key=value
 string is shown as libpq reads it, rebuilt with the secrets masked. A URL keeps its form
-(it is what the user typed): its userinfo password is masked up to the last `@`, since
-libpq ends it at the first `@` or `/` and reads the rest of `u:pa@ss@h` as the host
-`ss@h`, and so are its secret query parameters. Text libpq cannot parse is not shown.
+(it is what the user typed): its userinfo password is masked up to the `@` that starts the
+host part (libpq would end it at the first `@` or `/`, reading the rest of `u:pa@ss@h` as
+the host `ss@h`), and so are its secret query parameters, to the next `&`. Where a URL is
+ambiguous, more is masked, never less. Text libpq cannot parse is not shown.
 Every spelling of a secret is also replaced wherever it appears in a text (an error
 message may quote it), so no form leaks it into the admin, a log line or `last_error`.
 """
@@ -19,11 +20,15 @@ MASK = "***"
 UNPARSABLE = "<unparsable DSN>"
 SECRET_KEYWORDS = ("password", "sslpassword")
 _URL = re.compile(r"postgres(?:ql)?://")  # libpq's URL prefixes (case-sensitive)
-# The userinfo password runs to the last `@` before the query (libpq stops at the first).
+# The userinfo password runs to the `@` after which the host part holds no `@` (an `@` may
+# follow in the query, `?application_name=me@laptop`). libpq stops at the first `@` or `/`;
+# this reading masks a password holding either whole. It may hold `?` too, so a URL without
+# userinfo but with an `@` in its query (`h:5432/db?application_name=me@laptop`) is read as
+# having a password: masked too much, never too little.
 _URL_USERINFO_PASSWORD = re.compile(
-    r"\A(postgres(?:ql)?://[^:@/?#]*:)([^?]*)(@[^@?]*(?:\?.*)?)\Z", re.DOTALL
+    r"\A(postgres(?:ql)?://[^:@/?#]*:)(.*?)(@[^@?]*(?:\?.*)?)\Z", re.DOTALL
 )
-_URL_QUERY_SECRET = re.compile(r"([?&](?:ssl)?password=)([^&#]*)")
+_URL_QUERY_SECRET = re.compile(r"([?&](?:ssl)?password=)([^&]*)")  # libpq ends values at &
 # A key=value secret: quoted (to the closing quote, or the end) or up to a space; libpq
 # reads `\x` as `x` in both.
 _KEYWORD_SECRET = re.compile(r"\b(?:ssl)?password\s*=\s*(?:'((?:\\.|[^'\\])*)|((?:\\.|[^\s\\])*))")

@@ -17,7 +17,16 @@ URL = "postgresql://monitor"
         (f"{URL}:pa/ss-word@db.example/app", f"{URL}:***@db.example/app"),
         (f"{URL}:p%40ss-word@db.example/app", f"{URL}:***@db.example/app"),
         (f"{URL}@db.example/app?sslpassword=k-pw", f"{URL}@db.example/app?sslpassword=***"),
-        ("postgresql://db.example:5432/app?application_name=me@laptop", None),  # nothing secret
+        ("postgresql://db.example:5432/app?application_name=me", None),  # nothing secret
+        (
+            f"{URL}:s3cret@db.example/app?application_name=me@laptop",
+            f"{URL}:***@db.example/app?application_name=me@laptop",
+        ),
+        (f"{URL}:a?b%40c@db.example/app", f"{URL}:***@db.example/app"),
+        (
+            f"{URL}@db.example/app?password=Xy7#kq9Lm2&sslmode=require",
+            f"{URL}@db.example/app?password=***&sslmode=require",
+        ),
         (r"host=db.example password=sec\ ret junk", UNPARSABLE),
     ],
 )
