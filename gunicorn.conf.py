@@ -17,7 +17,8 @@ wsgi_app = "pganalytics.wsgi:application"
 
 def on_starting(server):
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
+    # GUNICORN_PID: a master re-executed by USR2, whose predecessor's workers still serve.
+    if directory and "GUNICORN_PID" not in os.environ:
         Path(directory).mkdir(parents=True, exist_ok=True)
         for leftover in Path(directory).glob("*.db"):
             leftover.unlink()

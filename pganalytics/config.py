@@ -72,10 +72,11 @@ class Config:
 
     def period(self, name, default):
         """A duration longer than 0 (timeouts, lifetimes)."""
-        seconds = self.duration(name, default)
-        if seconds <= 0:
-            self._fail(name, self._raw(name, default), "a duration longer than 0")
-        return seconds
+        raw = self._raw(name, default)
+        try:
+            return parse_period(raw)
+        except ValueError:
+            self._fail(name, raw, "a duration longer than 0, such as 900, 900s, 15m, 1h or 100ms")
 
     def cache_timeout(self, name, default):
         """A cache TTL in whole seconds >= 1: Django truncates TIMEOUT to an int, so `100ms`
@@ -153,7 +154,9 @@ class Config:
 
 
 def _masked(url):
-    """`url` with the password of its user part replaced by ***, for error messages."""
+    """`url` with the password of its user part replaced by ***, for error messages. The
+    password runs to the last `@`, as urllib (so django-environ) reads these URLs; a monitored
+    database's DSN, which libpq reads, is masked by pganalytics.dsn instead."""
     scheme, separator, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")
     if not separator or not at or ":" not in userinfo:

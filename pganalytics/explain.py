@@ -198,7 +198,8 @@ def explain(dsn, sql, *, timeout=None):
     Query rows of that database): this function trusts the text's origin, and refuses
     only what is not a plannable query. `timeout` (seconds) defaults to
     EXPLAIN_STATEMENT_TIMEOUT. Raises ExplainRefused or ExplainFailed; the latter's message
-    is scrubbed of the DSN's secrets, and psycopg's error, which is not, is not chained.
+    is scrubbed of the DSN's secrets, and psycopg's error, which is not, is suppressed
+    (`from None`: error reports do not show it).
     """
     statement = parse_statement(sql)
     timeout_ms = int((settings.EXPLAIN_STATEMENT_TIMEOUT if timeout is None else timeout) * 1000)
