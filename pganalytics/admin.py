@@ -9,7 +9,7 @@ from django import forms
 from django.contrib import admin, messages
 from psycopg import conninfo
 
-from pganalytics.collector import CollectionError, collect
+from pganalytics.collector import CollectionError, outcome_of
 from pganalytics.models import MonitoredDatabase, Query, Snapshot
 
 
@@ -70,10 +70,9 @@ class MonitoredDatabaseAdmin(admin.ModelAdmin):
     @admin.action(description="Collect a snapshot now")
     def collect_now(self, request, queryset):
         for database in queryset:
-            try:
-                snapshot = collect(database)
-            except CollectionError as error:
-                self.message_user(request, str(error), messages.ERROR)
+            snapshot = outcome_of(database)
+            if isinstance(snapshot, CollectionError):
+                self.message_user(request, str(snapshot), messages.ERROR)
             else:
                 message = (
                     f"{database.name}: snapshot of {snapshot.statement_count} statements "

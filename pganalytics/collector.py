@@ -415,23 +415,25 @@ def collect(database):
     return store(database, reading, started)
 
 
-def collect_all(name=None):
-    """[(database, Snapshot or CollectionError)] for every enabled database (or the one named).
+def outcome_of(database):
+    """collect(database)'s Snapshot, or its CollectionError returned, not raised.
 
-    An unexpected error (a bug, our own database gone) fails that database only, as a
-    CollectionError naming it, so the others are still collected.
+    An unexpected error (a bug, our own database gone) becomes a CollectionError naming the
+    database too (its traceback is logged), so a caller going through several databases
+    still collects the others.
     """
+    try:
+        return collect(database)
+    except CollectionError as error:
+        return error
+    except Exception as error:
+        logger.exception("collecting %s failed unexpectedly", database.name)
+        return _failure(database, f"unexpected {type(error).__name__}", error)
+
+
+def collect_all(name=None):
+    """[(database, Snapshot or CollectionError)] for every enabled database (or the one named)."""
     databases = MonitoredDatabase.objects.filter(enabled=True).order_by("name")
     if name is not None:
         databases = databases.filter(name=name)
-    results = []
-    for database in databases:
-        try:
-            results.append((database, collect(database)))
-        except CollectionError as error:
-            results.append((database, error))
-        except Exception as error:
-            logger.exception("collecting %s failed unexpectedly", database.name)  # a bug: its trace
-            unexpected = _failure(database, f"unexpected {type(error).__name__}", error)
-            results.append((database, unexpected))
-    return results
+    return [(database, outcome_of(database)) for database in databases]

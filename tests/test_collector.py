@@ -434,8 +434,10 @@ def test_the_collect_command_reports_each_database_and_fails_if_one_did(target, 
         call_command("collect", "--every", "soon")
 
 
-def test_an_unexpected_error_fails_its_database_only(target, monitored, monkeypatch):
-    MonitoredDatabase.objects.create(name="broken", dsn=monitored.dsn)
+def test_an_unexpected_error_fails_its_database_only(
+    target, monitored, monkeypatch, admin_client
+):
+    broken = MonitoredDatabase.objects.create(name="broken", dsn=monitored.dsn)
     read = collector.read_statements
 
     def read_statements(database):
@@ -451,6 +453,13 @@ def test_an_unexpected_error_fails_its_database_only(target, monitored, monkeypa
 
     assert err.getvalue() == "FAILED broken: unexpected RuntimeError: a bug, on two lines\n"
     assert out.getvalue().startswith("ok target: ")
+    page = admin_client.post(
+        "/admin/pganalytics/monitoreddatabase/",
+        {"action": "collect_now", "_selected_action": [broken.pk, monitored.pk]},
+        follow=True,
+    ).content.decode()
+    assert "broken: unexpected RuntimeError: a bug, on two lines" in page
+    assert "target: snapshot of " in page
 
 
 @pytest.mark.django_db(transaction=True)
