@@ -458,8 +458,8 @@ def test_an_unexpected_error_fails_its_database_only(
         {"action": "collect_now", "_selected_action": [broken.pk, monitored.pk]},
         follow=True,
     ).content.decode()
-    assert "broken: unexpected RuntimeError: a bug, on two lines" in page
-    assert "target: snapshot of " in page
+    assert "Broken: unexpected RuntimeError: a bug, on two lines" in page  # the admin capitalises
+    assert "Target: snapshot of " in page
 
 
 @pytest.mark.django_db(transaction=True)
