@@ -4,7 +4,8 @@ One Listener per process and Redis URL: a daemon thread subscribed to every tier
 cache's event channel. A process that writes, deletes or clears publishes an event; the
 others drop their local copies. Events a process missed while disconnected cannot be
 replayed, so after every (re)subscription the local copies are dropped wholesale. The same
-thread publishes this process's metrics every second, for the admin to sum.
+thread publishes this process's metrics every second, for the admin to sum. Redis calls
+time out quickly: a Redis that does not answer costs a round trip half a second.
 """
 
 import logging
@@ -13,11 +14,14 @@ import time
 import uuid
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 EVENTS_PATTERN = "caching:*:events"
 METRICS_EVERY_SECONDS = 1.0
 RECONNECT_SECONDS = 1.0
-SUBSCRIBE_WAIT_SECONDS = 5.0
+SUBSCRIBE_WAIT_SECONDS = 1.0
+REDIS_TIMEOUT_SECONDS = 0.5  # no retries: the pool already replaces a connection found closed
 
 logger = logging.getLogger(__name__)
 
@@ -30,25 +34,32 @@ class Listener:
     """Applies other processes' events to this process's tiers; publishes its metrics."""
 
     def __init__(self, url):
-        self.client = redis.Redis.from_url(url)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0),
+        )
         self.token = uuid.uuid4().hex  # tells this process's own events apart
         self.tiers = {}  # events channel -> Tier
         self._lock = threading.Lock()
-        self._subscribed = threading.Event()
+        self._tried = threading.Event()  # the thread has subscribed, or failed to, once
         self._thread = threading.Thread(target=self._run, name="caching-coherence", daemon=True)
 
     def register(self, tier):
         """Route `tier`'s channel here and read its generation; the first call starts the
-        thread and waits for it to subscribe, so no event published after this is missed."""
+        thread and waits for it to subscribe, so no event published after this is missed.
+        A Redis that is down delays nothing: the thread resyncs once it gets through."""
         channel = events_channel(tier.location)
         with self._lock:
             known = channel in self.tiers
             self.tiers[channel] = tier
             if not self._thread.is_alive():
                 self._thread.start()
-        self._subscribed.wait(SUBSCRIBE_WAIT_SECONDS)
+        self._tried.wait(SUBSCRIBE_WAIT_SECONDS)
         if not known:
-            tier.resync(self.client)
+            try:
+                tier.resync(self.client)
+            except redis.RedisError as error:
+                tier.count_error(error)
 
     def publish(self, client, location, event):
         """Publish `event` through `client` (this listener's, or a pipeline of it)."""
@@ -57,25 +68,40 @@ class Listener:
     def _run(self):
         while True:
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                pubsub.psubscribe(EVENTS_PATTERN)
-                pubsub.get_message(timeout=SUBSCRIBE_WAIT_SECONDS)  # the subscription's reply
-                self._resync()
-                self._subscribed.set()
-                self._listen(pubsub)
+                with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    self._subscribe(pubsub)
+                    self._listen(pubsub)
             except redis.RedisError as error:
-                logger.warning("caching: lost Redis (%s); retrying in %ss", error, RECONNECT_SECONDS)
-                time.sleep(RECONNECT_SECONDS)
+                logger.warning("caching: lost Redis (%s); retrying", error)
+            except Exception:  # a bug must not end coherence for the life of the process
+                logger.exception("caching: the listener failed; restarting it")
+            time.sleep(RECONNECT_SECONDS)
+
+    def _subscribe(self, pubsub):
+        try:
+            pubsub.psubscribe(EVENTS_PATTERN)
+            pubsub.get_message(timeout=SUBSCRIBE_WAIT_SECONDS)  # the subscription's reply
+            self._resync()
+        finally:
+            self._tried.set()
 
     def _listen(self, pubsub):
         published_at = 0.0
         while True:
             message = pubsub.get_message(timeout=METRICS_EVERY_SECONDS)
             if message is not None:
-                self._apply(message["channel"].decode(), message["data"].decode())
+                try:
+                    self._apply(message["channel"].decode(), message["data"].decode())
+                except redis.RedisError:
+                    raise  # lost Redis: _run reconnects and resyncs
+                except Exception:  # anyone can publish on the channel
+                    logger.exception("caching: ignored a malformed event %r", message)
             if time.monotonic() - published_at >= METRICS_EVERY_SECONDS:
                 for tier in self._registered():
-                    tier.publish_metrics(self.client, self.token)
+                    try:
+                        tier.publish_metrics(self.client, self.token)
+                    except redis.ResponseError as error:  # OOM, READONLY, NOPERM: still connected
+                        tier.count_error(error)
                 published_at = time.monotonic()
 
     def _registered(self):
@@ -89,7 +115,7 @@ class Listener:
         if tier is None or token == self.token:
             return
         if kind == "clear":
-            tier.cleared_elsewhere(int(argument))
+            tier.resync(self.client)  # Redis's generation, not the event's: the last clear wins
         else:
             tier.changed_elsewhere(argument)
 

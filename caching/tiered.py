@@ -17,6 +17,7 @@ import logging
 import pickle
 import threading
 import time
+from contextlib import contextmanager
 
 import redis
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
@@ -24,8 +25,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 from caching.backends import _MISSING, TTLLRUCache, _clock
 from caching.coherence import listener_for
+from caching.singleflight import KeyedLocks
 
-LOCK_SECONDS = 30  # longest a computation may hold the cross-process lock of its key
+LOCK_SECONDS = 10  # longest a computation holds, and a waiter waits for, a key's Redis lock
 METRICS_STALE_SECONDS = 5  # a process that published nothing for this long is gone
 METRICS_KEY_SECONDS = 60
 REDIS_FAILED = object()  # what _l2 returns when Redis did not answer
@@ -46,7 +48,10 @@ class Tier:
         self.store = store
         self.local_metrics = local_metrics
         self.generation = 0
-        self.invalidations = 0  # bumped whenever memory copies are dropped for coherence
+        self.generation_lock = threading.Lock()  # orders reads of Redis's generation and their use
+        self.invalidations = 0  # bumped whenever memory copies are dropped or rewritten
+        self.writing = set()  # keys this process is writing now: refills keep off them
+        self.write_locks = KeyedLocks()
         self.l2_hits = self.refills = self.l2_errors = 0
 
     @property
@@ -60,20 +65,43 @@ class Tier:
     def l2_key(self, l1_key):
         return f"caching:{self.location}:{self.generation}:{l1_key}"
 
+    def lock_key(self, l1_key):
+        """Apart from every l2_key: a generation is a number."""
+        return f"caching:{self.location}:lock:{self.generation}:{l1_key}"
+
+    @contextmanager
+    def write(self, l1_key):
+        """Serialise this process's writes of `l1_key`, so memory and Redis end with the
+        same value, and drop any refill that overlaps one: it may carry the old value."""
+        with self.write_locks.hold(l1_key):
+            with self.store.lock:
+                self.writing.add(l1_key)
+            try:
+                yield
+            finally:
+                with self.store.lock:
+                    self.writing.discard(l1_key)
+                    self.invalidations += 1
+
     def changed_elsewhere(self, l1_key):
         with self.store.lock:
             self.store.entries.pop(l1_key, None)
             self.invalidations += 1
 
-    def cleared_elsewhere(self, generation):
-        with self.store.lock:
-            self.generation = max(self.generation, generation)
-            self.store.remove_all()
-            self.invalidations += 1
+    def start_generation(self, read_generation):
+        """Drop memory and take the generation `read_generation()` gets from Redis; returns
+        how many entries memory held. Redis's number stands even when lower (it restarted
+        empty): every process then agrees on it, and the last of concurrent reads wins."""
+        with self.generation_lock:
+            generation = read_generation()
+            with self.store.lock:
+                self.generation = generation
+                self.invalidations += 1
+                return self.store.remove_all()
 
     def resync(self, client):
-        """After (re)subscribing: events may have been missed, so start from Redis again."""
-        self.cleared_elsewhere(int(client.get(self.generation_key) or 0))
+        """After (re)subscribing or a clear elsewhere: start from Redis again."""
+        self.start_generation(lambda: int(client.get(self.generation_key) or 0))
 
     def publish_metrics(self, client, token):
         figures = {"at": time.time(), **self.local_metrics()}
@@ -90,6 +118,14 @@ class Tier:
 
 _tiers = {}
 _tiers_lock = threading.Lock()
+
+
+class _Held(threading.local):
+    def __init__(self):
+        self.lock_keys = set()  # the Redis locks this thread holds
+
+
+_held = _Held()
 
 
 class TieredCache(TTLLRUCache):
@@ -136,7 +172,8 @@ class TieredCache(TTLLRUCache):
         entry = self._entry(value, None if ttl_ms == -1 else ttl_ms / 1000)
         with self._store.lock:
             tier.l2_hits += 1
-            if tier.invalidations == seen:  # else an event raced this read: do not keep it
+            # a write or an event that raced this read makes what it read unfit to keep
+            if tier.invalidations == seen and l1_key not in tier.writing:
                 self._store.put(l1_key, entry, _clock(), self._max_entries, self._cull_frequency)
                 tier.refills += 1
         return value
@@ -149,7 +186,8 @@ class TieredCache(TTLLRUCache):
         return exists is not REDIS_FAILED and bool(exists)
 
     def get_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
-        """Concurrent misses compute once per process, then once across processes."""
+        """Concurrent misses compute once per process, then once across processes. As in
+        Django, a value another writer stored while `default` ran wins over the computed one."""
         value = self.get(key, _MISSING, version=version)
         if value is not _MISSING:
             return value
@@ -160,28 +198,43 @@ class TieredCache(TTLLRUCache):
                 value = self._from_l2(l1_key, _MISSING)
             if value is not _MISSING:
                 return value
-            lock = self._redis.lock(
-                self._tier.l2_key(l1_key) + ":lock",
-                timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS,
-            )
-            try:
-                locked = lock.acquire()
-            except redis.RedisError as error:
-                self._tier.count_error(error)
-                locked = False
-            try:
+            with self._computing(l1_key) as locked:
                 if locked:  # another process may have computed it while we waited
                     value = self._from_l2(l1_key, _MISSING)
                 if value is _MISSING:
                     value = default() if callable(default) else default
-                    self.set(key, value, timeout=timeout, version=version)
-            finally:
-                if locked:
-                    try:
-                        lock.release()
-                    except redis.RedisError:
-                        pass  # it expired while computing: the value is stored all the same
+                    if not self.add(key, value, timeout=timeout, version=version):
+                        stored = self._peek(key, version)
+                        value = self._from_l2(l1_key, value) if stored is _MISSING else stored
             return value
+
+    @contextmanager
+    def _computing(self, l1_key):
+        """Hold `l1_key`'s Redis lock, yielding True; or go on without it, yielding False,
+        when this thread holds it already (a default() asking for its own key), Redis
+        fails, or the holder keeps it beyond LOCK_SECONDS."""
+        lock_key = self._tier.lock_key(l1_key)
+        if lock_key in _held.lock_keys:
+            yield False
+            return
+        lock = self._redis.lock(lock_key, timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS)
+        try:
+            locked = lock.acquire()
+        except redis.RedisError as error:
+            self._tier.count_error(error)
+            locked = False
+        if not locked:
+            yield False
+            return
+        _held.lock_keys.add(lock_key)
+        try:
+            yield True
+        finally:
+            _held.lock_keys.discard(lock_key)
+            try:
+                lock.release()
+            except redis.RedisError:
+                pass  # it expired while computing: the value is stored all the same
 
     # --- writing -----------------------------------------------------------------------
 
@@ -211,33 +264,33 @@ class TieredCache(TTLLRUCache):
             pipe.set(l2_key, pickle.dumps(value, self.pickle_protocol), px=ttl_ms, **options)
 
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
-        super().set(key, value, timeout=timeout, version=version)
+        l1_key = self.make_and_validate_key(key, version)
         ttl_ms = self._ttl_ms(timeout)
-        self._l2(
-            self.make_and_validate_key(key, version),
-            lambda pipe, l2_key: self._store_l2(pipe, l2_key, value, ttl_ms),
-        )
+        with self._tier.write(l1_key):
+            super().set(key, value, timeout=timeout, version=version)
+            self._l2(l1_key, lambda pipe, l2_key: self._store_l2(pipe, l2_key, value, ttl_ms))
 
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         """Added only when no process holds the key: Redis decides (SET NX)."""
         l1_key = self.make_and_validate_key(key, version)
         ttl_ms = self._ttl_ms(timeout)
-        if ttl_ms is not None and ttl_ms <= 0:
-            exists = self._l2(l1_key, lambda pipe, l2_key: pipe.exists(l2_key), publish=False)
-            if exists is not REDIS_FAILED and exists:
-                return False
-            return super().add(key, value, timeout=timeout, version=version)
-        added = self._l2(
-            l1_key, lambda pipe, l2_key: self._store_l2(pipe, l2_key, value, ttl_ms, nx=True)
-        )
-        if added is REDIS_FAILED:  # memory decides
-            return super().add(key, value, timeout=timeout, version=version)
-        if added:
-            super().set(key, value, timeout=timeout, version=version)
-        return bool(added)
+        with self._tier.write(l1_key):
+            if ttl_ms is not None and ttl_ms <= 0:
+                exists = self._l2(l1_key, lambda pipe, l2_key: pipe.exists(l2_key), publish=False)
+                if exists is not REDIS_FAILED and exists:
+                    return False
+                return super().add(key, value, timeout=timeout, version=version)
+            added = self._l2(
+                l1_key, lambda pipe, l2_key: self._store_l2(pipe, l2_key, value, ttl_ms, nx=True)
+            )
+            if added is REDIS_FAILED:  # memory decides
+                return super().add(key, value, timeout=timeout, version=version)
+            if added:
+                super().set(key, value, timeout=timeout, version=version)
+            return bool(added)
 
     def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
-        touched_here = super().touch(key, timeout=timeout, version=version)
+        l1_key = self.make_and_validate_key(key, version)
         ttl_ms = self._ttl_ms(timeout)
 
         def commands(pipe, l2_key):
@@ -247,7 +300,9 @@ class TieredCache(TTLLRUCache):
             else:
                 pipe.pexpire(l2_key, max(ttl_ms, 1))
 
-        exists = self._l2(self.make_and_validate_key(key, version), commands)
+        with self._tier.write(l1_key):
+            touched_here = super().touch(key, timeout=timeout, version=version)
+            exists = self._l2(l1_key, commands)
         return touched_here if exists is REDIS_FAILED else bool(exists)
 
     def incr(self, key, delta=1, version=None):
@@ -264,35 +319,34 @@ class TieredCache(TTLLRUCache):
             pipe.set(l2_key, pickle.dumps(value, self.pickle_protocol), keepttl=True)
             return value
 
-        try:
-            value = self._redis.transaction(increment, l2_key, value_from_callable=True)
-        except redis.RedisError as error:
-            self._tier.count_error(error)
-            return super().incr(key, delta, version=version)
-        self._tier.changed_elsewhere(l1_key)  # the next read refills with the TTL kept
-        self._listener.publish(self._redis, self.location, f"key {l1_key}")
+        with self._tier.write(l1_key):
+            try:
+                value = self._redis.transaction(increment, l2_key, value_from_callable=True)
+            except redis.RedisError as error:
+                self._tier.count_error(error)
+                return super().incr(key, delta, version=version)
+            self._tier.changed_elsewhere(l1_key)  # the next read refills with the TTL kept
+            self._listener.publish(self._redis, self.location, f"key {l1_key}")
         return value
 
     def delete(self, key, version=None):
-        deleted_here = super().delete(key, version=version)
-        deleted = self._l2(
-            self.make_and_validate_key(key, version), lambda pipe, l2_key: pipe.delete(l2_key)
-        )
+        l1_key = self.make_and_validate_key(key, version)
+        with self._tier.write(l1_key):
+            deleted_here = super().delete(key, version=version)
+            deleted = self._l2(l1_key, lambda pipe, l2_key: pipe.delete(l2_key))
         return deleted_here or (deleted is not REDIS_FAILED and bool(deleted))
 
     def clear_counting(self):
         """A new generation for every process; returns the entries this process held."""
         tier = self._tier
         try:
-            generation = self._redis.incr(tier.generation_key)
+            count = tier.start_generation(lambda: self._redis.incr(tier.generation_key))
         except redis.RedisError as error:
             tier.count_error(error)
             return super().clear_counting()
-        with self._store.lock:
-            tier.generation = max(tier.generation, generation)
-            tier.invalidations += 1
-        count = super().clear_counting()
-        self._listener.publish(self._redis, self.location, f"clear {generation}")
+        count += super().clear_counting()  # stamps the time of the clear
+        # the number is for people reading the channel: listeners ask Redis for it
+        self._listener.publish(self._redis, self.location, f"clear {tier.generation}")
         return count
 
     # --- metrics -----------------------------------------------------------------------

@@ -2,13 +2,16 @@
 
 import json
 import os
+import pickle
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -101,6 +104,15 @@ def eventually(check, seconds=3.0):
         time.sleep(0.02)
 
 
+def prompt(call, seconds=3.0):
+    """What call() returns, which must be within `seconds` (a hang fails, not blocks)."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(call).result(timeout=seconds)
+    finally:
+        pool.shutdown(wait=False)
+
+
 # --- one process --------------------------------------------------------------------------
 
 
@@ -157,6 +169,54 @@ def test_clear_starts_a_new_generation(location, l2):
     assert int(l2.get(f"caching:{location}:generation")) == 1
 
 
+def pause_in(cache, method, thread_name):
+    """Make `thread_name` stop in `cache.method` until the returned event is set; returns
+    (reached, go)."""
+    reached, go = threading.Event(), threading.Event()
+    original = getattr(cache, method)
+
+    def paused(*args, **kwargs):
+        if threading.current_thread().name == thread_name:
+            reached.set()
+            assert go.wait(30)
+        return original(*args, **kwargs)
+
+    setattr(cache, method, paused)
+    return reached, go
+
+
+@pytest.mark.parametrize("write", ["set", "delete"])
+def test_a_refill_in_flight_does_not_undo_this_process_own_write(location, write):
+    cache = make(location)
+    cache.set("k", "old")
+    cache._store.remove_all()  # this process holds no copy: the next get reads Redis
+    read, go = pause_in(cache, "_entry", "reader")  # between its Redis read and its refill
+    reader = threading.Thread(target=cache.get, args=("k",), name="reader")
+    reader.start()
+    assert read.wait(10)
+    getattr(cache, write)("k", *(["new"] if write == "set" else []))
+    go.set()
+    reader.join()
+    expected = None if write == "delete" else "new"
+    assert cache.get("k") == expected
+
+
+def test_concurrent_sets_of_one_key_leave_memory_and_redis_alike(location, l2):
+    cache = make(location)
+    stored, go = pause_in(cache, "_store_l2", "first")  # between its memory and Redis writes
+    first = threading.Thread(target=cache.set, args=("k", "first"), name="first")
+    second = threading.Thread(target=cache.set, args=("k", "second"))
+    first.start()
+    assert stored.wait(10)
+    second.start()
+    second.join(timeout=1)  # done on the old code; waiting for `first` now
+    go.set()
+    first.join()
+    second.join()
+    in_redis = pickle.loads(l2.get(cache._tier.l2_key(cache.make_key("k"))))
+    assert cache.get("k") == in_redis
+
+
 # --- several processes ---------------------------------------------------------------------
 
 
@@ -203,6 +263,27 @@ def test_get_or_set_computes_once_across_processes(location, child_of):
     assert make(location).get("slow") == results[0]
 
 
+def test_get_or_set_keeps_a_value_another_process_stored_meanwhile(location, child_of):
+    cache, child = make(location), child_of(location)
+
+    def default():
+        child("set", "k", "theirs")
+        return "ours"
+
+    assert cache.get_or_set("k", default) == "theirs" and cache.get("k") == "theirs"
+
+
+def test_get_or_set_waits_neither_for_itself_nor_for_a_user_key(location):
+    cache = make(location)
+
+    def nested():
+        return "outer " + cache.get_or_set("k", "inner")
+
+    assert prompt(lambda: cache.get_or_set("k", nested)) == "inner"  # stored first, kept
+    cache.set("page:lock", "a user's value")
+    assert prompt(lambda: cache.get_or_set("page", "computed")) == "computed"
+
+
 def test_the_admin_figures_sum_every_live_process(location, child_of):
     cache, child = make(location), child_of(location)
     child("set", "a", 1)
@@ -245,8 +326,19 @@ class RedisServer:
         eventually(lambda: _answers(client), seconds=10)
 
     def stop(self):
+        self.process.send_signal(signal.SIGCONT)  # stopped, it would act on SIGTERM only then
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server():
+    """A redis-server of this test alone: even its pub/sub events reach no one else."""
+    server = RedisServer()
+    server.start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()
 
 
 def _answers(client):
@@ -256,25 +348,79 @@ def _answers(client):
         return False
 
 
-def test_without_redis_memory_carries_on_and_stale_copies_go_when_it_returns(location):
-    server = RedisServer()
-    server.start()
-    try:
-        cache = make(location, url=server.url)
-        cache.set("k", "before")
-        server.stop()
+def test_without_redis_memory_carries_on_and_stale_copies_go_when_it_returns(
+    location, redis_server
+):
+    cache = make(location, url=redis_server.url)
+    cache.set("k", "before")
+    redis_server.stop()
 
-        assert cache.get("k") == "before"  # from memory
-        cache.set("k", "during")  # memory only: Redis is gone
-        assert cache.get("k") == "during" and cache.metrics()["l2_errors"] >= 1
+    assert cache.get("k") == "before"  # from memory
+    cache.set("k", "during")  # memory only: Redis is gone
+    assert cache.get("k") == "during" and cache.metrics()["l2_errors"] >= 1
 
-        server.start()  # empty: what was written during the outage is lost there
-        eventually(lambda: cache.get("k") is None, seconds=10)  # resubscribed: memory dropped
-        cache.set("k", "after")
-        assert cache.get("k") == "after"
-    finally:
-        if server.process.poll() is None:
-            server.stop()
+    redis_server.start()  # empty: what was written during the outage is lost there
+    eventually(lambda: cache.get("k") is None, seconds=10)  # resubscribed: memory dropped
+    cache.set("k", "after")
+    assert cache.get("k") == "after"
+
+
+def test_after_redis_restarts_empty_its_generation_holds_for_every_process(
+    location, redis_server, child_of
+):
+    cache = make(location, url=redis_server.url)
+    for _ in range(3):
+        cache.clear()
+    redis_server.stop()
+    redis_server.start()  # empty: the generation counts from 0 again
+    eventually(lambda: cache._tier.generation == 0, seconds=15)  # resubscribed
+    cache.set("k", 1)
+    cache.clear()
+    assert cache.get("k") is None
+    child = child_of(location, redis_server.url)  # a process started after the restart
+    child("set", "shared", "from the child")
+    assert cache.get("shared") == "from the child"
+
+
+def test_a_malformed_event_does_not_end_coherence(location, redis_server, child_of):
+    cache, child = make(location, url=redis_server.url), child_of(location, redis_server.url)
+    cache.set("k", "old")
+    events = redis.Redis.from_url(redis_server.url)
+    for data in (b"malformed", b"two words", b"\xff"):
+        events.publish(f"caching:{location}:events", data)
+    child("set", "k", "new")
+    eventually(lambda: cache.get("k") == "new")
+
+
+def test_a_redis_refusing_writes_is_counted_not_taken_for_a_lost_connection(
+    location, redis_server
+):
+    cache = make(location, url=redis_server.url)
+    cache.set("k", "v")
+    redis.Redis.from_url(redis_server.url).config_set("maxmemory", 1)  # OOM for every write
+    invalidations = cache._tier.invalidations
+    # the listener publishes this process's figures every second: those writes fail
+    eventually(lambda: cache.metrics()["l2_errors"] >= 2, seconds=10)
+    assert cache._tier.invalidations == invalidations and cache.get("k") == "v"  # no resync
+
+
+def test_with_redis_down_from_the_start_caches_are_built_and_used_promptly(location):
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    cache = prompt(lambda: make(location, url=url))
+    prompt(lambda: cache.set("k", 1))
+    assert prompt(lambda: cache.get("k")) == 1 and prompt(lambda: cache.get("absent")) is None
+    assert prompt(lambda: cache.get_or_set("g", 2)) == 2
+    assert prompt(lambda: make(location, url=url)).get("g") == 2
+
+
+def test_a_redis_that_stops_answering_costs_a_call_little(location, redis_server):
+    cache = make(location, url=redis_server.url)
+    cache.set("k", "v")
+    redis_server.process.send_signal(signal.SIGSTOP)
+    assert prompt(lambda: cache.get("k")) == "v"  # from memory
+    assert prompt(lambda: cache.get("absent")) is None
+    prompt(lambda: cache.set("k", "w"))
+    assert prompt(lambda: cache.get("k")) == "w"
 
 
 def test_a_tiered_cache_needs_its_url():
