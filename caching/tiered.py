@@ -337,17 +337,20 @@ class TieredCache(TTLLRUCache):
         return deleted_here or (deleted is not REDIS_FAILED and bool(deleted))
 
     def clear_counting(self):
-        """A new generation for every process; returns the entries this process held."""
+        """A new generation for every process; returns the entries every live process held
+        as they last published them (the dashboard's figure), or this process's alone when
+        Redis fails."""
         tier = self._tier
+        held = self.metrics_all_processes()["entries"]
         try:
-            count = tier.start_generation(lambda: self._redis.incr(tier.generation_key))
+            tier.start_generation(lambda: self._redis.incr(tier.generation_key))
         except redis.RedisError as error:
             tier.count_error(error)
             return super().clear_counting()
-        count += super().clear_counting()  # stamps the time of the clear
+        super().clear_counting()  # stamps the time of the clear
         # the number is for people reading the channel: listeners ask Redis for it
         self._listener.publish(self._redis, self.location, f"clear {tier.generation}")
-        return count
+        return held
 
     # --- metrics -----------------------------------------------------------------------
 
@@ -378,11 +381,20 @@ class TieredCache(TTLLRUCache):
             self._tier.count_error(error)
             published = {}
         now = time.time()
-        others = [
-            figures for figures in (json.loads(value) for field, value in published.items()
-                                    if field.decode() != self._token)
-            if now - figures["at"] <= METRICS_STALE_SECONDS
-        ]
+        others, gone = [], []
+        for field, value in published.items():
+            if field.decode() == self._token:
+                continue
+            figures = json.loads(value)
+            if now - figures["at"] <= METRICS_STALE_SECONDS:
+                others.append(figures)
+            else:
+                gone.append(field)
+        if gone:  # exited processes: the hash would grow with every recycled worker
+            try:
+                self._redis.hdel(self._tier.metrics_key, *gone)
+            except redis.RedisError as error:
+                self._tier.count_error(error)
         summed = {name: own[name] + sum(other[name] for other in others) for name in SUMMED}
         gets = summed["hits"] + summed["misses"]
         clears = [f["last_clear"] for f in [own, *others] if f["last_clear"] is not None]

@@ -97,7 +97,7 @@ def child_of():
         child.close()
 
 
-def eventually(check, seconds=3.0):
+def eventually(check, seconds=10.0):
     deadline = time.monotonic() + seconds
     while not check():
         assert time.monotonic() < deadline, "not within %ss" % seconds
@@ -231,7 +231,8 @@ def test_writes_deletes_and_clears_reach_the_other_process(location, child_of):
 
     child("set", "j", "from the child")
     assert cache.get("j") == "from the child"
-    cache.clear()
+    eventually(lambda: cache.metrics_all_processes()["entries"] == 2)  # j here and there
+    assert cache.clear_counting() == 2  # what the dashboard shows, not this process's 1
     eventually(lambda: child("get", "j") is None)
     child("set", "after", 1)
     assert cache.get("after") == 1  # both write and read the new generation
@@ -297,6 +298,18 @@ def test_the_admin_figures_sum_every_live_process(location, child_of):
     assert total["tier"] == "memory + Redis (2 processes)"
     assert total["entries"] == own["entries"] + 1 and total["hits"] == own["hits"] + 1
     assert total["misses"] == own["misses"] + 1
+
+
+def test_figures_of_exited_processes_are_dropped_from_redis(location, l2):
+    cache = make(location)
+    metrics_key = f"caching:{location}:metrics"
+    exited = {**cache.metrics(), "at": time.time() - 60, "gets": 1000}
+    l2.hset(metrics_key, "exited-process", json.dumps(exited))
+
+    total = cache.metrics_all_processes()
+
+    assert total["tier"] == "memory + Redis (1 processes)" and total["gets"] < 1000
+    assert not l2.hexists(metrics_key, "exited-process")
 
 
 # --- a Redis that goes away ----------------------------------------------------------------
