@@ -9,8 +9,8 @@ writes instead of lingering until read.
 
 Where LocMemCache is loose, this backend is strict: MAX_ENTRIES is a hard bound (a cull
 drops at least one entry, and expired entries go before live ones; overwriting a key
-culls nothing; MAX_ENTRIES 0 keeps just the newest entry), an expired key is absent for `delete` too (False), and `get_or_set`
-calls `default` once for concurrent misses of a key.
+culls nothing; MAX_ENTRIES 0 keeps just the newest entry), an expired key is absent for
+`delete` too (False), and `get_or_set` calls `default` once for concurrent misses of a key.
 """
 
 import heapq

@@ -25,7 +25,8 @@ class MonitoredDatabase(models.Model):
     last_collected_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
     updated_at = models.DateTimeField(
-        auto_now=True, help_text="Any change, a collection's outcome included: cached lists key on it."
+        auto_now=True,
+        help_text="Any change, a collection's outcome included: cached lists key on it.",
     )
 
     class Meta:

@@ -94,7 +94,8 @@ def test_bad_values_name_the_variable_and_the_value(name, value, read):
 
 
 @pytest.mark.parametrize(
-    "url", ["postgres://u:s@host:5432/", "postgres://u:hunter2@host:abc/d", "postgres://u:p@ss@h:x/d"]
+    "url",
+    ["postgres://u:s@host:5432/", "postgres://u:hunter2@host:abc/d", "postgres://u:p@ss@h:x/d"],
 )
 def test_database_errors_show_the_url_with_only_its_password_masked(url):
     with pytest.raises(ConfigError) as error:
@@ -115,7 +116,8 @@ def test_cache_timeouts_are_whole_seconds_and_hosts_a_list():
     config = Config({"FEATURE_CACHE_TTL": "1.5m", "ALLOWED_HOSTS": " a.example, ,b.example"})
     assert config.cache_timeout("FEATURE_CACHE_TTL", "15m") == 90
     assert config.words("ALLOWED_HOSTS", "") == ["a.example", "b.example"]
-    assert Config({"L2": "unix:///run/redis.sock"}).url("L2", "", ("unix",)) == "unix:///run/redis.sock"
+    socket = "unix:///run/redis.sock"
+    assert Config({"L2": socket}).url("L2", "", ("unix",)) == socket
 
 
 def run_check(**environment):
