@@ -5,8 +5,9 @@ TIERED_BACKEND = "caching.tiered.TieredCache"
 PASS_THROUGH_BACKEND = "django.core.cache.backends.dummy.DummyCache"
 
 
-def named_caches(ttls, *, max_entries, enabled=True, l2_url=""):
-    """A CACHES dict: `default` plus one alias per name in `ttls` (seconds).
+def named_caches(ttls, *, max_entries, enabled=True, l2_url="", key_prefix=""):
+    """A CACHES dict: `default` plus one alias per name in `ttls` (seconds), keys prefixed
+    with `key_prefix` (Django's KEY_PREFIX).
 
     With `l2_url` (redis://...), each is a TieredCache: memory in front of that Redis,
     coherent across processes.
@@ -27,6 +28,7 @@ def named_caches(ttls, *, max_entries, enabled=True, l2_url=""):
             "BACKEND": TIERED_BACKEND if l2_url else BACKEND,
             "LOCATION": alias,
             "TIMEOUT": ttl,
+            "KEY_PREFIX": key_prefix,
             "OPTIONS": options,
         }
     return caches

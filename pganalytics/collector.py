@@ -21,12 +21,14 @@ from functools import partial
 
 import psycopg
 from django.db import connection, transaction
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from psycopg import sql
 
 from pganalytics import targets
 from pganalytics.dsn import scrub
 from pganalytics.fingerprint import Fingerprint, compute_fingerprint, fold_whitespace
+from pganalytics.formats import timestamp
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 from pganalytics.signals import snapshot_collected
 
@@ -34,9 +36,7 @@ logger = logging.getLogger(__name__)
 APPLICATION_NAME = "pganalytics-collector"
 STATEMENT_TIMEOUT_MS = 30_000
 MINIMUM_SERVER_VERSION = 140000
-# Every statement the collector sends starts with this comment, so pg_stat_statements keeps
-# it in the text and the collector can leave its own statements out of what it reports.
-MARKER = "/* pganalytics-collector */"
+MARKER = targets.MARKER
 COUNTERS = (
     "calls",
     "total_exec_time",
@@ -71,8 +71,9 @@ class Reading:
 
     taken_at: object
     stats_reset: object
-    rows: list  # tuples: query text, queryid, then COUNTERS in order
+    rows: list  # tuples: query text, userid, queryid, then COUNTERS in order
     warning: str = ""  # what the rows leave out, and how to fix it
+    superuser: bool | None = None  # the DSN's role is a superuser (None: not known)
 
 
 @dataclass
@@ -82,13 +83,15 @@ class Group:
     pg_stat_statements keeps a row per role, queryid and top-level flag (only top-level
     rows of our database are read): rows of one fingerprint differ in role, or in queryid
     where PostgreSQL tells apart what pg_query does not (an IN list of another length, a
-    name resolved to another table). Their counters are summed; the text and queryid are
-    those of the row with the most calls; min/max are taken over the rows and the standard
-    deviation is pooled from each row's calls, mean and stddev.
+    name resolved to another table). Their counters are summed; the text, the role that ran
+    it (userid) and queryid are those of the row with the most calls; min/max are taken
+    over the rows and the standard deviation is pooled from each row's calls, mean and
+    stddev.
     """
 
     fingerprint: Fingerprint
     text: str = ""
+    userid: int | None = None
     queryid: int | None = None
     text_calls: int = -1
     calls: int = 0
@@ -105,6 +108,7 @@ class Group:
     def add(
         self,
         text,
+        userid,
         queryid,
         calls,
         total,
@@ -119,7 +123,7 @@ class Group:
         plan_time,
     ):
         if calls > self.text_calls:
-            self.text, self.queryid, self.text_calls = text, queryid, calls
+            self.text, self.userid, self.queryid, self.text_calls = text, userid, queryid, calls
         self.calls += calls
         self.total_exec_time += total
         self.lowest_exec_time = min(self.lowest_exec_time, minimum)
@@ -208,10 +212,16 @@ def _read(database, connection):
     if hidden:
         role = sql.Identifier(connection.info.user).as_string(connection)
         warning = (
-            f"{hidden} statement{'s' if hidden > 1 else ''} of other roles hidden: "
+            f"{hidden} statement{pluralize(hidden)} of other roles hidden: "
             f"GRANT pg_read_all_stats TO {role}"
         )
-    return Reading(taken_at=taken_at, stats_reset=stats_reset, rows=visible, warning=warning)
+    return Reading(
+        taken_at=taken_at,
+        stats_reset=stats_reset,
+        rows=visible,
+        warning=warning,
+        superuser=connection.info.parameter_status("is_superuser") == "on",
+    )
 
 
 def _extension_columns(connection):
@@ -234,7 +244,7 @@ def _extension_columns(connection):
 def _statements_query(schema, statement_columns):
     top_level_only = sql.SQL(" AND toplevel") if "toplevel" in statement_columns else sql.SQL("")
     return sql.SQL(
-        MARKER + " SELECT query, queryid, {counters} FROM {view}"
+        MARKER + " SELECT query, userid, queryid, {counters} FROM {view}"
         " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
         " AND query IS NOT NULL AND query NOT LIKE {own}{top_level_only}"
     ).format(
@@ -298,7 +308,7 @@ def store(database, reading, started):
         if previous is not None and previous.taken_at >= reading.taken_at:
             raise CollectionError(
                 database,
-                f"a snapshot taken at {previous.taken_at:%Y-%m-%d %H:%M:%S} was stored while "
+                f"a snapshot taken at {timestamp(previous.taken_at)} was stored while "
                 "this one was read: this older reading is dropped (that snapshot counts it)",
             )
         query_ids = _query_ids(database, groups, reading.taken_at)
@@ -343,7 +353,10 @@ def store(database, reading, started):
         snapshot.save(update_fields=["reset_detected", "duration_ms"])
         database.last_collected_at = reading.taken_at
         database.last_error = ""
-        database.save(update_fields=["last_collected_at", "last_error", "updated_at"])
+        database.connects_as_superuser = reading.superuser
+        database.save(
+            update_fields=["last_collected_at", "last_error", "connects_as_superuser", "updated_at"]
+        )
         transaction.on_commit(
             partial(snapshot_collected.send, sender=Snapshot, snapshot=snapshot), robust=True
         )
@@ -371,14 +384,24 @@ def _query_ids(database, groups, seen_at):
     """{fingerprint: Query id} of `groups`, creating a Query for each new fingerprint.
 
     Safe without ON CONFLICT because the caller holds the database's row lock. Fetching
-    all the database's ids is cheaper than filtering on thousands of fingerprints.
+    all the database's ids is cheaper than filtering on thousands of fingerprints. A Query
+    stored before roles were recorded takes its text and role from one row now: EXPLAIN
+    plans a text as the role that ran that very text.
     """
-    query_ids = dict(Query.objects.filter(database=database).values_list("fingerprint", "pk"))
+    known = Query.objects.filter(database=database).values_list("fingerprint", "pk", "userid")
+    query_ids, without_role = {}, []
+    for fingerprint, pk, userid in known:
+        query_ids[fingerprint] = pk
+        group = groups.get(fingerprint)
+        if userid is None and group is not None and group.userid is not None:
+            without_role.append(Query(pk=pk, text=group.text, userid=group.userid))
+    Query.objects.bulk_update(without_role, ["text", "userid"])
     created = Query.objects.bulk_create(
         Query(
             database=database,
             fingerprint=fingerprint,
             text=group.text,
+            userid=group.userid,
             normalized=group.fingerprint.normalized,
             parsed=group.fingerprint.parsed,
             first_seen=seen_at,

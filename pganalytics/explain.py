@@ -3,9 +3,12 @@
 Safe means the statement is planned, never run: only plain `EXPLAIN (FORMAT JSON)` (never
 ANALYZE), of a single SELECT / VALUES / WITH / INSERT / UPDATE / DELETE, inside a READ ONLY
 transaction that is always rolled back, with a short statement_timeout so a slow planner
-or a lock wait cannot hold a connection of the monitored server. Read-only matters even
-without ANALYZE: planning may fold an IMMUTABLE function call, and if that function lies
-about its side effects the transaction refuses them.
+or a lock wait cannot hold a connection of the monitored server. Planning runs code all the
+same: it folds IMMUTABLE function calls. READ ONLY refuses writes to tables, not
+`pg_read_file` or `lo_export`, so the plan is made as the role that ran the statement and
+never with more privilege (see _plan), and statements nobody on the server ran are never
+planned. Like everything the app runs on a target, the EXPLAIN's statements are not the
+target's workload (pganalytics.targets).
 
 Statements collected by pg_stat_statements carry `$n` parameters; they get a generic plan
 (PREPARE + `plan_cache_mode = force_generic_plan`; `EXPLAIN (GENERIC_PLAN)` of PostgreSQL 16+
@@ -21,21 +24,38 @@ of more than one statement.
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import psycopg
 from django.conf import settings
 from django.core.cache import caches
+from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 from pglast import parser
+from psycopg import sql as pgsql
+from psycopg.pq import TransactionStatus
 
 from pganalytics import targets
 from pganalytics.dsn import scrub
 from pganalytics.fingerprint import fingerprint
+from pganalytics.targets import MARKER
 
 EXPLAINABLE = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"}
 PREPARED_NAME = "pganalytics_explain"
 LARGE_TABLE_ROWS = 10_000
+# Made as the statement's role (SET ROLE first), so it runs as that role; its body is ours
+# alone: the EXPLAIN of the statement prepared beforehand.
+PLAN_PROCEDURE = pgsql.SQL(
+    "CREATE PROCEDURE pg_temp.pganalytics_plan(INOUT plan json DEFAULT NULL)"
+    " LANGUAGE plpgsql SECURITY DEFINER AS $body$ BEGIN EXECUTE {explain} INTO plan; END $body$"
+)
+OPEN_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+# SQLSTATE classes of failures that may pass: connection, resources, the operator
+# intervening, locks and conflicts; and 57014, a statement timeout or cancel.
+TRANSIENT_CLASSES = {"08", "40", "53", "55", "57", "58"}
+QUERY_CANCELED = "57014"
+TRANSIENT_FAILURE_SECONDS = 30
 
 
 class ExplainRefused(ValueError):
@@ -47,7 +67,15 @@ class ExplainRefused(ValueError):
 
 
 class ExplainFailed(RuntimeError):
-    """The server could not plan the statement (unknown parameter type, timeout, ...)."""
+    """The server could not plan the statement (unknown parameter type, timeout, ...);
+    `transient` when trying again later may succeed (a timeout, a connection failure)."""
+
+    def __init__(self, message, transient=False):
+        super().__init__(message)
+        self.transient = transient
+
+    def __reduce__(self):  # cached: pickled with both arguments
+        return type(self), (str(self), self.transient)
 
 
 @dataclass(frozen=True)
@@ -84,6 +112,8 @@ class PlanResult:
     plan_json: list
     summary: PlanSummary
     generic: bool
+    planned_at: datetime
+    role: str  # the role that ran the statement, as which it was planned
 
 
 def parse_statement(sql):
@@ -191,58 +221,116 @@ def summarize(plan_json, table_rows=None, large_rows=LARGE_TABLE_ROWS):
 
 
 @sensitive_variables()  # all: psycopg's frames below hold the password under other names
-def explain(dsn, sql, *, timeout=None):
-    """PlanResult of `sql` planned on the server at `dsn`; the statement is never executed.
+def explain(dsn, sql, *, userid, timeout=None):
+    """PlanResult of `sql` planned on the server at `dsn` as the role `userid` (an OID) that
+    ran it; the statement is never executed.
 
-    The caller must pass only statements collected from that same server (the views pass
-    Query rows of that database): this function trusts the text's origin, and refuses
-    only what is not a plannable query. `timeout` (seconds) defaults to
-    EXPLAIN_STATEMENT_TIMEOUT. Raises ExplainRefused or ExplainFailed; the latter's message
-    is scrubbed of the DSN's secrets, and psycopg's error, which is not, is suppressed
-    (`from None`: error reports do not show it).
+    The caller must pass only statements collected from that same server, with the role
+    pg_stat_statements recorded for that text (the views pass Query rows of that database).
+    `timeout` (seconds) defaults to EXPLAIN_STATEMENT_TIMEOUT. Raises ExplainRefused or
+    ExplainFailed; the latter's message is scrubbed of the DSN's secrets, and psycopg's
+    error, which is not, is suppressed (`from None`: error reports do not show it).
     """
     statement = parse_statement(sql)
+    if userid is None:
+        raise ExplainRefused(
+            "the role that ran it is not known yet (collected before roles were recorded): "
+            "the next snapshot records it"
+        )
     timeout_ms = int((settings.EXPLAIN_STATEMENT_TIMEOUT if timeout is None else timeout) * 1000)
     try:
-        with targets.connect(dsn) as connection:
-            connection.read_only = True
+        with targets.connect(dsn, autocommit=True) as connection:
             try:
-                plan_json = _plan(connection, statement, timeout_ms)
-                table_rows = _table_rows(connection, plan_json)
+                role, plan_json, table_rows = _plan(connection, statement, userid, timeout_ms)
             finally:
-                connection.rollback()
+                if connection.info.transaction_status in OPEN_TRANSACTION:
+                    connection.execute(MARKER + " ROLLBACK")
     except psycopg.Error as error:
-        raise ExplainFailed(scrub(_message(error), dsn)) from None
-    generic = statement.parameter_count > 0
-    return PlanResult(plan_json, summarize(plan_json, table_rows), generic=generic)
+        raise ExplainFailed(scrub(_message(error), dsn), transient=is_transient(error)) from None
+    return PlanResult(
+        plan_json,
+        summarize(plan_json, table_rows),
+        generic=statement.parameter_count > 0,
+        planned_at=timezone.now(),
+        role=role,
+    )
 
 
-def _plan(connection, statement, timeout_ms):
-    """Run the EXPLAIN in the connection's (read-only) transaction; the plan JSON.
+def _plan(connection, statement, userid, timeout_ms):
+    """(role name, plan JSON, table rows) of `statement` planned as role `userid`, in a
+    transaction the caller rolls back.
+
+    The planner runs code: it folds IMMUTABLE function calls, and READ ONLY does not stop
+    `pg_read_file` or `lo_export`. So the plan is made by the role that ran the statement,
+    with no way back to ours: `SET ROLE` alone would not do, since code run as that role may
+    `RESET ROLE` to the session's. Unless the role is the session's own, the EXPLAIN runs in
+    a temporary SECURITY DEFINER procedure owned by that role, inside which PostgreSQL
+    refuses any change of role or session authorization; the procedure disappears with the
+    rollback.
 
     The cursor is binary because psycopg then sends every statement with PQsendQueryParams
     (it uses the simple-query protocol, which runs any number of statements, only for text
     results without parameters): the server refuses a text of several statements.
     """
+    count = statement.parameter_count
+    arguments = f"({', '.join(['NULL'] * count)})" if count else ""
+    explain_prepared = f"EXPLAIN (FORMAT JSON) EXECUTE {PREPARED_NAME}{arguments}"
     with connection.cursor(binary=True) as cursor:
-        cursor.execute(
-            "SELECT set_config('standard_conforming_strings', 'on', true),"
-            " set_config('statement_timeout', %s, true)",
-            [str(timeout_ms)],
+        def run(command):
+            cursor.execute(pgsql.SQL(MARKER + " {}").format(command))
+
+        run(pgsql.SQL("BEGIN"))
+        run(pgsql.SQL("SET LOCAL standard_conforming_strings = on"))
+        run(pgsql.SQL("SET LOCAL statement_timeout = {}").format(pgsql.Literal(timeout_ms)))
+        role, own = _role(cursor, userid)
+        if not own:
+            run(pgsql.SQL("SET LOCAL ROLE {}").format(pgsql.Identifier(role)))
+        run(pgsql.SQL(f"PREPARE {PREPARED_NAME} AS ") + pgsql.SQL(statement.text))
+        if not own:
+            run(PLAN_PROCEDURE.format(explain=pgsql.Literal(explain_prepared)))
+        run(pgsql.SQL("SET TRANSACTION READ ONLY"))
+        run(pgsql.SQL("SET LOCAL plan_cache_mode = force_generic_plan"))
+        run(pgsql.SQL(explain_prepared if own else "CALL pg_temp.pganalytics_plan()"))
+        plan_json = cursor.fetchone()[0]
+        return role, plan_json, _table_rows(cursor, plan_json)
+
+
+def _role(cursor, userid):
+    """(name, is the session's own) of role `userid`, or ExplainRefused saying why the plan
+    cannot be made as that role."""
+    cursor.execute(
+        MARKER + " SELECT r.rolname, pg_catalog.pg_has_role(r.oid, 'MEMBER'),"
+        " r.rolname = session_user,"
+        " pg_catalog.has_database_privilege(r.oid, pg_catalog.current_database(), 'TEMPORARY'),"
+        " pg_catalog.pg_is_in_recovery(), session_user"
+        " FROM pg_catalog.pg_roles r WHERE r.oid = %s::pg_catalog.oid",
+        [userid],
+    )
+    found = cursor.fetchone()
+    if found is None:
+        raise ExplainRefused(f"the role that ran it (OID {userid}) no longer exists")
+    role, member, own, temporary, standby, monitoring = found
+    if own:
+        return role, True
+    if not member:
+        raise ExplainRefused(
+            f"it is planned only as the role that ran it, {role}, and {monitoring} may not act "
+            f"as {role}: GRANT {role} TO {monitoring} to see its plans"
         )
-        if statement.parameter_count == 0:
-            cursor.execute("EXPLAIN (FORMAT JSON) " + statement.text)
-            return cursor.fetchone()[0]
-        nulls = ", ".join(["NULL"] * statement.parameter_count)
-        cursor.execute(f"PREPARE {PREPARED_NAME} AS " + statement.text)
-        cursor.execute("SELECT set_config('plan_cache_mode', 'force_generic_plan', true)")
-        cursor.execute(f"EXPLAIN (FORMAT JSON) EXECUTE {PREPARED_NAME}({nulls})")
-        plan_row = cursor.fetchone()
-        cursor.execute(f"DEALLOCATE {PREPARED_NAME}")
-        return plan_row[0]
+    if not temporary:
+        raise ExplainRefused(
+            f"{role} may not create temporary objects in this database (the plan is made in a "
+            f"temporary procedure owned by it): GRANT TEMPORARY ON DATABASE to {role}"
+        )
+    if standby:
+        raise ExplainRefused(
+            f"the server is a standby: a plan as {role} needs a temporary procedure, which a "
+            "read-only server cannot create; monitor the primary for plans"
+        )
+    return role, False
 
 
-def _table_rows(connection, plan_json):
+def _table_rows(cursor, plan_json):
     """Rows in each seq-scanned table (pg_class.reltuples; unanalysed tables left out)."""
     relations = sorted({
         node["Relation Name"] for node in plan_nodes(plan_json)
@@ -250,14 +338,20 @@ def _table_rows(connection, plan_json):
     })
     if not relations:
         return {}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT name, reltuples FROM unnest(%s::text[]) AS name"
-            " JOIN pg_class ON pg_class.oid = to_regclass(quote_ident(name))"
-            " WHERE reltuples >= 0",
-            [relations],
-        )
-        return {name: float(rows) for name, rows in cursor.fetchall()}
+    cursor.execute(
+        MARKER + " SELECT name, c.reltuples FROM pg_catalog.unnest(%s::text[]) AS name"
+        " JOIN pg_catalog.pg_class c"
+        " ON c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(name)) WHERE c.reltuples >= 0",
+        [relations],
+    )
+    return {name: float(rows) for name, rows in cursor.fetchall()}
+
+
+def is_transient(error):
+    """True for a failure that may pass (timeout, connection, resources, a lock or a
+    conflict), False for one the same statement, schema and role will meet again."""
+    state = getattr(error, "sqlstate", None)
+    return state is None or state[:2] in TRANSIENT_CLASSES or state == QUERY_CANCELED
 
 
 def _message(error):
@@ -277,21 +371,29 @@ def explain_key(database_id, dsn, sql):
 
 
 @sensitive_variables("dsn")
-def cached_explain(database_id, dsn, sql, *, timeout=None):
-    """explain() through the `explain` cache, under explain_key().
+def cached_explain(database_id, dsn, sql, *, userid, version=None, timeout=None):
+    """explain() through the `explain` cache, under explain_key() and `version` (the data
+    version of the database: a new snapshot, which may follow a schema change, plans anew).
 
-    Refusals are cached too (they depend only on the text); failures are not, so a
-    timeout on a busy server is retried next time. Same caller rule as explain().
+    Plans, refusals and failures that will come again are kept for the cache's TTL;
+    transient failures (a timeout, a target that does not answer) for
+    TRANSIENT_FAILURE_SECONDS, so a failing or slow target is neither reconnected to nor
+    waited for on every view. Same caller rule as explain().
     """
     key = explain_key(database_id, dsn, sql)
-    outcome = caches["explain"].get_or_set(key, lambda: _outcome(dsn, sql, timeout))
-    if isinstance(outcome, ExplainRefused):
-        raise outcome
-    return outcome
+    cache = caches["explain"]
+    computed = []
 
+    def outcome():
+        try:
+            computed.append(explain(dsn, sql, userid=userid, timeout=timeout))
+        except (ExplainRefused, ExplainFailed) as error:
+            computed.append(error)
+        return computed[-1]
 
-def _outcome(dsn, sql, timeout):
-    try:
-        return explain(dsn, sql, timeout=timeout)
-    except ExplainRefused as refused:
-        return refused
+    found = cache.get_or_set(key, outcome, version=version)
+    if isinstance(found, ExplainFailed) and found.transient and computed:
+        cache.touch(key, TRANSIENT_FAILURE_SECONDS, version=version)
+    if isinstance(found, Exception):
+        raise found
+    return found

@@ -3,6 +3,12 @@
 `connect` is how the app opens a connection to any monitored database. The demo,
 `bench_collect` and the tests monitor scratch databases next to the app's database: same
 host, port and role as DATABASES["default"], other database name.
+
+What the app runs on a target is not the target's workload: its sessions turn
+pg_stat_statements off (`pg_stat_statements.track = none`) where the role may (a superuser,
+or `GRANT SET ON PARAMETER pg_stat_statements.track`, PostgreSQL 15+), and every statement it
+sends starts with MARKER, so that where the role may not, the collector still leaves them out
+and they never share a text (hence an entry) with the workload's own BEGIN or ROLLBACK.
 """
 
 import psycopg
@@ -17,6 +23,8 @@ KEEPALIVES = {
     "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3
 }
 MAINTENANCE_DATABASE = "postgres"
+MARKER = "/* pganalytics */"
+UNTRACKED = "-c pg_stat_statements.track=none"
 _SETTING_KEYWORDS = {"HOST": "host", "PORT": "port", "USER": "user", "PASSWORD": "password"}
 
 
@@ -28,18 +36,27 @@ class _Utf8Loader(Loader):
         return bytes(data).decode("utf-8", "replace")
 
 
-def connect(dsn, **options):
-    """A psycopg connection to a monitored database, text always returned as str.
+def connect(dsn, *, options="", **parameters):
+    """A psycopg connection to a monitored database, untracked where the role may, text
+    always returned as str.
 
     It gives up connecting after CONNECT_TIMEOUT_SECONDS and uses TCP keepalives, unless
-    the DSN says otherwise. A SQL_ASCII database's text, which the server cannot convert,
-    is decoded as UTF-8 with invalid bytes replaced.
+    the DSN says otherwise; `options` (`-c name=value ...`) add to the DSN's own. The
+    session asks for `pg_stat_statements.track = none`; a role that may not set it is
+    connected again without (its statements must then start with MARKER). A SQL_ASCII
+    database's text, which the server cannot convert, is decoded as UTF-8 with invalid
+    bytes replaced.
     """
     given = conninfo.conninfo_to_dict(dsn)
     defaults = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **KEEPALIVES}
-    connection = psycopg.connect(
-        dsn, **{key: value for key, value in defaults.items() if key not in given}, **options
-    )
+    parameters.update((key, value) for key, value in defaults.items() if key not in given)
+    options = " ".join(filter(None, [given.get("options", ""), options]))
+    try:
+        connection = psycopg.connect(dsn, options=f"{options} {UNTRACKED}".strip(), **parameters)
+    except psycopg.OperationalError as error:
+        if "pg_stat_statements.track" not in str(error):
+            raise
+        connection = psycopg.connect(dsn, options=options, **parameters)
     if connection.info.parameter_status("server_encoding") == "SQL_ASCII":
         for type_name in ("text", "name"):
             connection.adapters.register_loader(type_name, _Utf8Loader)

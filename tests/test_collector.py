@@ -12,7 +12,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -27,6 +26,7 @@ from pganalytics.explain import explain
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 from pganalytics.signals import snapshot_collected
 from pganalytics.targets import MAINTENANCE_DATABASE, drop_database, local_dsn, reset_statements
+from tests.conftest import child_environment
 
 LOOKUP = "SELECT count(*) FROM items WHERE id = %s"
 RANGE = "SELECT id FROM items WHERE id > %s ORDER BY id LIMIT 3"
@@ -64,18 +64,10 @@ def limited_role():
 
 def manage(*arguments):
     """`manage.py *arguments` started in its own process, on this test's database."""
-    database = connection.settings_dict
-    user = f"{quote(database['USER'])}:{quote(database['PASSWORD'])}@" if database["USER"] else ""
-    port = f":{database['PORT']}" if database["PORT"] else ""
-    environment = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{user}{database['HOST']}{port}/{database['NAME']}",
-        "MAX_IDLE_DATABASE_CONNS": "1",
-    }
     return subprocess.Popen(
         [sys.executable, "manage.py", *arguments],
         cwd=settings.BASE_DIR,
-        env=environment,
+        env=child_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -222,7 +214,8 @@ def test_a_sql_ascii_database_is_collected(db):
                 assert stat_of(snapshot, LOOKUP).calls == 3
                 latin = stat_of(snapshot, "SELECT count(*) AS")
                 assert latin.query.text == 'SELECT count(*) AS "caf\ufffd" FROM items'
-                plan = explain(database.dsn, stat_of(snapshot, LOOKUP).query.text)
+                query = stat_of(snapshot, LOOKUP).query
+                plan = explain(database.dsn, query.text, userid=query.userid)
                 assert plan.summary.node_types
             finally:
                 # Its texts are read by every database's pg_stat_statements: none may stay.
