@@ -4,23 +4,32 @@ from dataclasses import asdict
 from functools import wraps
 
 from django.http import Http404, JsonResponse
-from django.shortcuts import get_object_or_404
 from django.utils.cache import patch_cache_control
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
 
 from pganalytics import services
-from pganalytics.models import MonitoredDatabase
+from pganalytics.access import VIEW_ANALYTICS
 from pganalytics.response_cache import cached_response
+
+SAFE_METHODS = ("GET", "HEAD")
 
 
 def api_view(view):
-    """GET only, login required (401 JSON, not a redirect), errors as JSON (400, 404)."""
+    """GET and HEAD only (405), login required (401, not a redirect), the analytics permission
+    (403); every answer JSON, errors `{"error": ...}` (400, 404 here; the rest in errors.py).
+    No CSRF check: nothing here changes state, so a POST gets its 405, not a CSRF page."""
 
-    @require_GET
+    @csrf_exempt
     @wraps(view)
     def wrapper(request, *args, **kwargs):
+        if request.method not in SAFE_METHODS:
+            response = JsonResponse({"error": f"method {request.method} not allowed"}, status=405)
+            response["Allow"] = ", ".join(SAFE_METHODS)
+            return response
         if not request.user.is_authenticated:
             return JsonResponse({"error": "authentication required"}, status=401)
+        if not request.user.has_perm(VIEW_ANALYTICS):
+            return JsonResponse({"error": f"permission required: {VIEW_ANALYTICS}"}, status=403)
         try:
             return view(request, *args, **kwargs)
         except services.BadRequest as error:
@@ -45,11 +54,14 @@ def databases(request):
     return JsonResponse({"databases": [services.database_summary(d) for d in services.databases()]})
 
 
+def top_query_params(request):
+    return services.top_query_params(request.GET)
+
+
 @api_view
-@cached_response(one_database)
-def top_queries(request, database_id):
-    database = get_object_or_404(MonitoredDatabase, pk=database_id)
-    window, order = services.top_query_params(request.GET)
+@cached_response(one_database, params_of=top_query_params)
+def top_queries(request, database_id, window, order):
+    database = services.database_or_404(database_id)
     rows = services.top_queries(database, window=window, order=order)
     return JsonResponse(
         {
@@ -64,10 +76,10 @@ def top_queries(request, database_id):
 @api_view
 @cached_response(one_database)
 def query_detail(request, database_id, fingerprint):
-    database = get_object_or_404(MonitoredDatabase, pk=database_id)
+    database = services.database_or_404(database_id)
     detail = services.query_detail(database, fingerprint)
     response = JsonResponse(detail)
-    if detail["plan"]["status"] == "failed":  # perhaps transient: not kept for the version
+    if detail["plan"].get("transient"):  # may pass: not kept for the version
         patch_cache_control(response, no_store=True)
     return response
 

@@ -9,8 +9,11 @@ from urllib.parse import urlsplit
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# ASCII only: `\d` and float() also take other scripts' digits, such as '٣' (Arabic-Indic 3).
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|w)?\s*", re.ASCII)
+_SECONDS_PER_UNIT = {
+    "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0
+}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -20,8 +23,9 @@ class ConfigError(ImproperlyConfigured):
 
 
 def parse_duration(text):
-    """Seconds (float) from `900`, `900s`, `15m`, `1h` or `100ms`; ValueError otherwise."""
-    match = _DURATION.match(text)
+    """Seconds (float) from `900`, `900s`, `15m`, `1h`, `7d`, `2w` or `100ms`; ValueError
+    otherwise."""
+    match = _DURATION.fullmatch(text)
     if match is None:
         raise ValueError(f"not a duration: {text!r}")
     return float(match[1]) * _SECONDS_PER_UNIT[match[2]]

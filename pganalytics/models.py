@@ -12,6 +12,7 @@ index less makes the bulk insert of a snapshot cheaper.
 from django.db import models
 
 from pganalytics.dsn import mask_dsn
+from pganalytics.formats import timestamp
 
 
 class MonitoredDatabase(models.Model):
@@ -28,9 +29,16 @@ class MonitoredDatabase(models.Model):
         auto_now=True,
         help_text="Any change, a collection's outcome included: cached lists key on it.",
     )
+    connects_as_superuser = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="The DSN's role was a superuser at the last collection (null: not known yet). "
+        "A monitoring role needs pg_monitor, not superuser.",
+    )
 
     class Meta:
         ordering = ["name"]
+        permissions = [("view_analytics", "Can read the analytics pages and API")]
 
     def __str__(self):
         return f"{self.name} ({self.masked_dsn})"
@@ -49,6 +57,12 @@ class Query(models.Model):
     normalized = models.TextField()
     parsed = models.BooleanField(
         help_text="False: pglast could not parse it (fallback fingerprint)."
+    )
+    userid = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="OID of the role that ran `text` (pg_stat_statements.userid of the same row): "
+        "EXPLAIN plans the text as that role, never with more privilege.",
     )
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
@@ -92,7 +106,7 @@ class Snapshot(models.Model):
         indexes = [models.Index(fields=["database", "taken_at"], name="snapshot_database_taken")]
 
     def __str__(self):
-        return f"{self.database.name} @ {self.taken_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.database.name} @ {timestamp(self.taken_at)}"
 
 
 class QueryStat(models.Model):

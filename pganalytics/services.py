@@ -1,9 +1,9 @@
 """The analytics the pages and the API show, each answer computed once and cached.
 
 Cached answers that depend on collected data carry the newest snapshot id of their database
-as the cache `version`: a new snapshot moves every dependent key (features, anomalies, API
-responses) to a new version at once, in every process, while fingerprints and plans, which
-depend only on the statement text, keep theirs.
+as the cache `version`: a new snapshot moves every dependent key (features, plans,
+anomalies, API responses) to a new version at once, in every process, while fingerprints,
+which depend only on the statement text, keep theirs.
 """
 
 import re
@@ -16,7 +16,6 @@ from django.core.cache import caches
 from django.db.models import Count, F, FloatField, Max, OuterRef, Subquery, Sum
 from django.db.models.functions import Cast, NullIf
 from django.http import Http404
-from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from pganalytics import anomalies, explain, features
@@ -26,7 +25,7 @@ from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 ORDERINGS = {"total": "-total_ms", "mean": "-mean_ms", "calls": "-calls"}
 DEFAULT_ORDER = "total"
 DEFAULT_WINDOW_TEXT = "24h"
-WINDOW_CHOICES = ("1h", "6h", "24h", "168h")
+WINDOW_CHOICES = ("1h", "6h", "24h", "7d")
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_WINDOW = timedelta(days=3660)
 FINGERPRINT_FORMAT = re.compile(r"[0-9a-f]{16}|x[0-9a-f]{15}")  # pglast's, or the fallback
@@ -71,9 +70,31 @@ def parse_order(text):
 
 
 def top_query_params(params):
-    """(window, order) from a request's query parameters, defaults where absent."""
-    window = parse_window(params.get("window", DEFAULT_WINDOW_TEXT))
-    return window, parse_order(params.get("order", DEFAULT_ORDER))
+    """{"window", "order"} for top_queries() from a request's query parameters (a QueryDict),
+    defaults where absent; a parameter given twice is refused rather than one spelling picked."""
+    for name in ("window", "order"):
+        given = params.getlist(name)
+        if len(given) > 1:
+            raise BadRequest(f"{name}: given {len(given)} times, expected once")
+    return {
+        "window": parse_window(params.get("window", DEFAULT_WINDOW_TEXT)),
+        "order": parse_order(params.get("order", DEFAULT_ORDER)),
+    }
+
+
+def found_or_404(queryset, message):
+    """The first object of `queryset`, else Http404(message): get_object_or_404's own message
+    names the model, which the API must not show."""
+    found = queryset.first()
+    if found is None:
+        raise Http404(message)
+    return found
+
+
+def database_or_404(database_id):
+    return found_or_404(
+        MonitoredDatabase.objects.filter(pk=database_id), f"database {database_id} not found"
+    )
 
 
 def databases():
@@ -94,6 +115,7 @@ def database_summary(database):
         "last_collected_at": database.last_collected_at,
         "last_error": database.last_error,
         "warning": database.warning or "",  # what the newest snapshot could not see
+        "connects_as_superuser": database.connects_as_superuser,
     }
 
 
@@ -202,17 +224,28 @@ def interval_stats(stat):
     )
 
 
-def plan_of(database, text):
-    """The EXPLAIN outcome as the pages show it: a plan, a refusal or a failure, never a 500."""
+def plan_of(database, query, version):
+    """The EXPLAIN outcome as the pages show it: a plan (with the time it was made), a
+    refusal or a failure (`transient` when it may pass), never a 500. Planned anew for each
+    data `version` of the database: a new snapshot may follow a schema change."""
     try:
-        result = explain.cached_explain(database.id, database.dsn, text)
+        result = explain.cached_explain(
+            database.id, database.dsn, query.text, userid=query.userid, version=version
+        )
     except explain.ExplainRefused as refused:
         return {"status": "refused", "reason": str(refused)}
     except explain.ExplainFailed as failed:
-        return {"status": "failed", "reason": str(failed)}
+        return {"status": "failed", "reason": str(failed), "transient": failed.transient}
     summary = asdict(result.summary)
     summary["large_seq_scans"] = [asdict(scan) for scan in result.summary.large_seq_scans]
-    return {"status": "ok", "generic": result.generic, "summary": summary, "raw": result.plan_json}
+    return {
+        "status": "ok",
+        "generic": result.generic,
+        "planned_at": result.planned_at,
+        "role": result.role,
+        "summary": summary,
+        "raw": result.plan_json,
+    }
 
 
 def assessment_of(assessment):
@@ -228,15 +261,18 @@ def assessment_of(assessment):
 def query_detail(database, fingerprint):
     """Everything known about one query of one database; Http404 for an unknown fingerprint.
 
-    Features and anomalies are cached under the database's data version, the plan under
-    the statement's fingerprint (it does not change with new statistics).
+    Features, anomalies and the plan are cached under the database's data version: a new
+    snapshot changes them all.
     """
     if not FINGERPRINT_FORMAT.fullmatch(fingerprint):
         raise Http404(f"{fingerprint!r} is not a fingerprint")
-    query = get_object_or_404(Query, database=database, fingerprint=fingerprint)
+    query = found_or_404(
+        Query.objects.filter(database=database, fingerprint=fingerprint),
+        f"query {fingerprint} not found in database {database.id}",
+    )
     version = data_version(database.id)
     stats = history(query, limit=settings.ANOMALY_WINDOW + 1)
-    plan = plan_of(database, query.text)
+    plan = plan_of(database, query, version)
     latest = interval_stats(stats[-1]) if stats else None
     # Features depend on the plan too: one that failed this time must not stick for the version.
     query_features = features.extract(

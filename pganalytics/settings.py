@@ -25,13 +25,16 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django.contrib.staticfiles",
     "django_prometheus",
     "caching",
     "pganalytics",
+    # After pganalytics: the first app wins a command name, and pganalytics' runserver
+    # (staticfiles' own, checking the database first) must win.
+    "django.contrib.staticfiles",
 ]
 
 MIDDLEWARE = [
+    "pganalytics.request_id.RequestIdMiddleware",  # first: every later error logs the id
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # static files from any server, DEBUG or not
@@ -71,6 +74,7 @@ DATABASES = {
         min_conns=config.integer("MAX_IDLE_DATABASE_CONNS", 15),
         max_idle_time=config.period("DATABASE_CONN_MAX_IDLE_TIME", "10m"),
         max_lifetime=config.period("DATABASE_CONN_MAX_LIFETIME", "1h"),
+        connect_timeout=config.period("DATABASE_CONNECT_TIMEOUT", "3s"),
     )
 }
 # django-prometheus' engine: Django's own, with query and connection counters.
@@ -93,6 +97,9 @@ CACHES = named_caches(
     max_entries=CACHE_MAX_SIZE,
     enabled=CACHE_ENABLED,
     l2_url=CACHE_L2_URL,
+    # Cached values are pickled objects of this code (plans, anomaly verdicts): a change to
+    # their fields bumps this, so a deploy never reads what older code left in Redis.
+    key_prefix="pganalytics.2",
 )
 
 # Extra panels of the admin's cache dashboard: title -> a callable returning a flat dict.
@@ -126,6 +133,41 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Timestamps as `2026-12-01 10:28:56 UTC` on the pages and in the admin (pganalytics/formats).
+FORMAT_MODULE_PATH = ["pganalytics.formats"]
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"  # `manage.py collectstatic` (scripts/setup does it)
-LOGIN_URL = "admin:login"
+
+# --- viewers and errors (pganalytics/access.py, errors.py, request_id.py) ---------------
+LOGIN_URL = "pganalytics:login"
+LOGIN_REDIRECT_URL = "pganalytics:databases"
+LOGOUT_REDIRECT_URL = "pganalytics:login"
+CSRF_FAILURE_VIEW = "pganalytics.errors.csrf_failure"
+# One format on stderr, each line with its request's id; Django's own "django" logger hands
+# its records (500s with their traceback) to the root logger instead of printing them twice,
+# runserver's request lines included; a 503 for a database that does not answer is one line,
+# not a traceback per request.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {
+        "request_id": {"()": "pganalytics.request_id.RequestIdFilter"},
+        "database_down": {"()": "pganalytics.errors.DatabaseDownFilter"},
+    },
+    "formatters": {
+        "line": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "filters": ["request_id"],
+            "formatter": "line",
+        }
+    },
+    "root": {"handlers": ["stderr"], "level": "WARNING"},
+    "loggers": {
+        "django": {"handlers": [], "level": "WARNING"},
+        "django.request": {"filters": ["database_down"]},
+        "django.server": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+    },
+}

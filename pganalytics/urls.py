@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from caching.prometheus import metrics_view
@@ -16,6 +17,12 @@ pages = (
             name="query_detail",
         ),
         path("anomalies/", views.anomalies, name="anomalies"),
+        path(
+            "login/",
+            auth_views.LoginView.as_view(template_name="pganalytics/login.html"),
+            name="login",
+        ),
+        path("logout/", auth_views.LogoutView.as_view(), name="logout"),  # POST only
     ],
     "pganalytics",
 )
@@ -32,6 +39,11 @@ api_v1 = (
     ],
     "api",
 )
+
+handler400 = "pganalytics.errors.bad_request"
+handler403 = "pganalytics.errors.permission_denied"
+handler404 = "pganalytics.errors.page_not_found"
+handler500 = "pganalytics.errors.server_error"
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

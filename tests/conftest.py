@@ -1,9 +1,13 @@
 """Shared fixtures: the suite runs against the real PostgreSQL brought up by scripts/setup."""
 
 import os
+from urllib.parse import quote
 
 import psycopg
 import pytest
+from django.contrib.auth.models import Group, Permission, User
+from django.db import connection
+from psycopg import sql
 
 from pganalytics.models import MonitoredDatabase
 from pganalytics.targets import drop_database, ensure_database, local_dsn, reset_statements
@@ -19,6 +23,18 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
         test = settings.DATABASES["default"].setdefault("TEST", {})
         base = test.get("NAME") or f"test_{settings.DATABASES['default']['NAME']}"
         test["NAME"] = f"{base}_{suffix}"
+
+
+def child_environment():
+    """os.environ for a `manage.py` started in its own process, on this test's database."""
+    database = connection.settings_dict
+    user = f"{quote(database['USER'])}:{quote(database['PASSWORD'])}@" if database["USER"] else ""
+    port = f":{database['PORT']}" if database["PORT"] else ""
+    return {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{user}{database['HOST']}{port}/{database['NAME']}",
+        "MAX_IDLE_DATABASE_CONNS": "1",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +62,57 @@ def target(target_name):
 @pytest.fixture
 def monitored(db, target_name):
     return MonitoredDatabase.objects.create(name="target", dsn=local_dsn(target_name))
+
+
+@pytest.fixture
+def make_viewer(db):
+    """`make_viewer(name)`: a user (password "pw") of the group "Analytics viewers", who may
+    read the analytics pages and API. Migration 0005 makes the group (test_viewers.py checks
+    it); it is made again here after a transactional test's flush, which drops it."""
+
+    def make(name):
+        group, _ = Group.objects.get_or_create(name="Analytics viewers")
+        group.permissions.add(Permission.objects.get(codename="view_analytics"))
+        user = User.objects.create_user(name, password="pw")
+        user.groups.add(group)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def viewer_client(client, make_viewer):
+    """The test client, logged in as "analyst", a viewer."""
+    client.force_login(make_viewer("analyst"))
+    return client
+
+
+@pytest.fixture
+def unreachable(db):
+    """A monitored database whose server does not exist: its pages show no snapshots."""
+    dsn = "host=127.0.0.1 port=1 dbname=x"
+    return MonitoredDatabase.objects.create(name="unreachable", dsn=dsn)
+
+
+@pytest.fixture
+def make_role(target_name):
+    """`make_role(kind, *grants)`: a new login role, `{role}` in each grant statement standing
+    for its quoted name; dropped after the test, with what it owns in the target database."""
+    made = []
+
+    def make(kind, *grants):
+        role = f"pganalytics_{kind}_{os.environ.get('PYTEST_DB_SUFFIX', 'main')}_{os.getpid()}"
+        name = sql.Identifier(role)
+        with psycopg.connect(local_dsn(target_name), autocommit=True) as connection:
+            connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(name))
+            made.append(role)
+            for grant in grants:
+                connection.execute(sql.SQL(grant).format(role=name))
+        return role
+
+    yield make
+    with psycopg.connect(local_dsn(target_name), autocommit=True) as connection:
+        for role in reversed(made):
+            name = sql.Identifier(role)
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(name))
+            connection.execute(sql.SQL("DROP ROLE {}").format(name))

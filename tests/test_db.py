@@ -13,7 +13,10 @@ URL_CONFIG = {"ENGINE": "django.db.backends.postgresql", "NAME": "pganalytics", 
 
 
 def tuning(**overrides):
-    values = dict(pool=True, max_conns=8, min_conns=2, max_idle_time=600.0, max_lifetime=3600.0)
+    values = dict(
+        pool=True, max_conns=8, min_conns=2, max_idle_time=600.0, max_lifetime=3600.0,
+        connect_timeout=2.5,
+    )
     return database_settings(URL_CONFIG, **{**values, **overrides})
 
 
@@ -25,8 +28,9 @@ def test_pool_settings_follow_the_config():
         "max_size": 8,
         "max_idle": 600.0,
         "max_lifetime": 3600.0,
-        "timeout": 10.0,
+        "timeout": 2.5,
     }
+    assert settings["OPTIONS"]["connect_timeout"] == 3  # libpq's: whole seconds
 
 
 def test_persistent_settings_when_the_pool_is_off():
@@ -39,9 +43,9 @@ def test_persistent_settings_when_the_pool_is_off():
 def test_a_pool_option_from_the_url_is_replaced_by_the_config():
     settings = database_settings(
         {**URL_CONFIG, "OPTIONS": {"pool": "True", "sslmode": "disable"}},
-        pool=False, max_conns=5, min_conns=1, max_idle_time=1, max_lifetime=1,
+        pool=False, max_conns=5, min_conns=1, max_idle_time=1, max_lifetime=1, connect_timeout=3,
     )
-    assert settings["OPTIONS"] == {"sslmode": "disable"}
+    assert settings["OPTIONS"] == {"sslmode": "disable", "connect_timeout": 3}
 
 
 def test_more_idle_than_total_connections_is_a_config_error():

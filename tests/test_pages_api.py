@@ -9,6 +9,7 @@ from django.contrib.auth.models import Permission, User
 from django.core.cache import caches
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
+from django.utils.formats import date_format
 
 from caching import registry
 from pganalytics.collector import CollectionError, collect
@@ -18,6 +19,7 @@ from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 LOOKUP = "SELECT count(*) FROM items WHERE id = %s"
 SCAN = "SELECT count(*) FROM items WHERE id > %s"
 REGRESSING = "SELECT * FROM accounts WHERE owner = $1"
+IDLE = "idle"  # in a constructed history: the query's row counts no calls since the last one
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +41,8 @@ def collected(target, monitored):
 
 
 @pytest.fixture
-def user(db):
-    return User.objects.create_user("analyst", password="pw")
+def user(make_viewer):
+    return make_viewer("analyst")
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def get_json(client, url, status=200):
 def test_pages_redirect_to_login_and_the_api_answers_401(client, collected):
     for url in ["/", f"/databases/{collected.id}/", "/anomalies/"]:
         response = client.get(url)
-        assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+        assert response.status_code == 302 and response["Location"].startswith("/login/")
     response, body = get_json(client, "/api/v1/databases/", status=401)
     assert body == {"error": "authentication required"}
 
@@ -87,6 +89,7 @@ def test_the_database_list(client_of, user, collected):
             "last_collected_at": DjangoJSONEncoder().default(collected.last_collected_at),
             "last_error": "",
             "warning": "",
+            "connects_as_superuser": True,
         }
     ]
 
@@ -169,7 +172,9 @@ def test_a_ddl_statement_gets_a_refusal_not_an_error_page(client_of, user, colle
     assert page.status_code == 200 and "No plan (refused)" in page.content.decode()
 
 
-def test_the_second_request_is_a_cache_hit_private_to_the_user(client_of, user, collected):
+def test_the_second_request_is_a_cache_hit_private_to_the_user(
+    client_of, user, make_viewer, collected
+):
     url = f"/api/v1/databases/{collected.id}/queries/?order=calls"
     client = client_of(user)
     first, first_body = get_json(client, url)
@@ -179,14 +184,14 @@ def test_the_second_request_is_a_cache_hit_private_to_the_user(client_of, user, 
     assert "private" in second["Cache-Control"]
     assert get_json(client, url.replace("calls", "mean"))[0]["X-Cache"] == "miss"
 
-    other = User.objects.create_user("other", password="pw")
+    other = make_viewer("other")
     assert get_json(client_of(other), url)[0]["X-Cache"] == "miss"  # never shared across users
     other.user_permissions.add(Permission.objects.get(codename="view_snapshot"))
     other = User.objects.get(pk=other.pk)  # a fresh instance: permissions are cached per object
     assert get_json(client_of(other), url)[0]["X-Cache"] == "miss"  # nor across permissions
 
 
-def test_a_new_snapshot_invalidates_what_depends_on_it_and_keeps_plans(
+def test_a_new_snapshot_invalidates_what_depends_on_it_plans_included(
     client_of, user, collected, target
 ):
     client = client_of(user)
@@ -194,7 +199,7 @@ def test_a_new_snapshot_invalidates_what_depends_on_it_and_keeps_plans(
     url = f"/api/v1/databases/{collected.id}/queries/{found}/"
     get_json(client, url)
     assert get_json(client, url)[0]["X-Cache"] == "hit"
-    explain_hits = caches["explain"].metrics()["hits"]
+    explain_misses = caches["explain"].metrics()["misses"]
     features_misses = caches["features"].metrics()["misses"]
 
     for number in range(4):
@@ -204,7 +209,7 @@ def test_a_new_snapshot_invalidates_what_depends_on_it_and_keeps_plans(
     response, detail = get_json(client, url)
     assert response["X-Cache"] == "miss"
     assert [point["calls"] for point in detail["history"]] == [15, 15, 4]
-    assert caches["explain"].metrics()["hits"] == explain_hits + 1  # the plan did not change
+    assert caches["explain"].metrics()["misses"] == explain_misses + 1  # planned anew
     assert caches["features"].metrics()["misses"] == features_misses + 1  # recomputed
 
 
@@ -229,13 +234,13 @@ def test_a_failed_collection_or_an_admin_edit_refreshes_the_database_list(
 
 def constructed_history(name, means_ms, calls=60):
     """A database whose one query ran `calls` per minute at each of `means_ms`, oldest first
-    (None: a snapshot in which the query did not run)."""
+    (None: a snapshot without the query; IDLE: one whose row says it did not run)."""
     database = MonitoredDatabase.objects.create(name=name, dsn="host=127.0.0.1 port=1 dbname=x")
     text = fingerprint(REGRESSING)
     now = timezone.now()
     query = Query.objects.create(
         database=database, fingerprint=text.fingerprint, text=REGRESSING,
-        normalized=text.normalized, parsed=True, first_seen=now, last_seen=now,
+        normalized=text.normalized, parsed=True, first_seen=now, last_seen=now, userid=10,
     )
     cumulative_calls, cumulative_ms = 0, 0.0
     for age, mean in zip(range(len(means_ms), 0, -1), means_ms):
@@ -245,14 +250,15 @@ def constructed_history(name, means_ms, calls=60):
         )
         if mean is None:
             continue
-        cumulative_calls += calls
-        cumulative_ms += mean * calls
+        ran, mean = (0, 0.0) if mean == IDLE else (calls, mean)  # 0.0: as the collector stores
+        cumulative_calls += ran
+        cumulative_ms += mean * ran
         QueryStat.objects.create(
             snapshot=snapshot, query=query, calls=cumulative_calls,
             total_exec_time=cumulative_ms, min_exec_time=0, max_exec_time=mean,
             mean_exec_time=cumulative_ms / cumulative_calls, stddev_exec_time=0, rows=0,
             shared_blks_hit=0, shared_blks_read=0, plans=0, total_plan_time=0,
-            interval_seconds=60.0, delta_calls=calls, delta_total_exec_time=mean * calls,
+            interval_seconds=60.0, delta_calls=ran, delta_total_exec_time=mean * ran,
             delta_mean_exec_time=mean, delta_rows=0, delta_shared_blks_hit=0,
             delta_shared_blks_read=0,
         )
@@ -279,6 +285,36 @@ def test_anomalies_list_a_regression_across_databases(client_of, user):
     # A failed plan may be transient: that answer is not kept for the data version.
     again = client.get(f"/api/v1/databases/{regressed.id}/queries/{query.fingerprint}/")
     assert again["X-Cache"] == "miss" and "no-store" in again["Cache-Control"]
+
+
+def test_an_anomaly_stays_open_through_idle_collections_until_calls_are_back_to_normal(
+    client_of, user
+):
+    """A regression, then collections in which the query did not run: still listed, since the
+    first slow interval; one interval with calls back within the baseline closes it."""
+    steady = [2.0, 2.1, 1.9, 2.0, 2.2, 1.8, 2.0, 2.1, 1.9, 2.0]
+    regression = steady + [40.0, 41.0] + [IDLE] * 3
+    database, query = constructed_history("open", regression)
+    constructed_history("closed", regression + [2.1, IDLE])
+    since = Snapshot.objects.filter(database=database).order_by("taken_at")[len(steady)].taken_at
+    since_json = DjangoJSONEncoder().default(since)
+    since_shown = date_format(timezone.localtime(since), "DATETIME_FORMAT")
+    client = client_of(user)
+
+    _, body = get_json(client, "/api/v1/anomalies/")
+    assert [
+        (a["database"], a["metric"], a["value"], a["baseline_median"], a["since"])
+        for a in body["anomalies"]
+    ] == [("open", "mean_ms", 41.0, 2.0, since_json)]
+    assert since_shown in client.get("/anomalies/").content.decode()
+
+    url = f"/databases/{database.id}/queries/{query.fingerprint}/"
+    _, detail = get_json(client, "/api/v1" + url)
+    assert [(a["metric"], a["since"]) for a in detail["anomalies"]["items"]] == [
+        ("mean_ms", since_json)
+    ]
+    page = client.get(url).content.decode()
+    assert since_shown in page.split("<h2>Anomalies</h2>")[1].split("<h2>Plan</h2>")[0]
 
 
 @pytest.mark.parametrize("first", ["page", "list"])
