@@ -1,11 +1,15 @@
-"""Latency and call-rate anomalies: the latest interval against a robust baseline.
+"""Latency and call-rate anomalies: the latest interval with calls against a robust baseline.
 
 The baseline of each metric is the median and MAD (median absolute deviation) of the
-`window` intervals before the latest one; the score is the robust z-score
+`window` intervals with calls before the latest one; the score is the robust z-score
 0.6745 * (x - median) / MAD, which one outlier in the history cannot drag the way a mean
 and standard deviation would. Two guards keep quiet series quiet: a MAD of 0 (a flat
 history) is floored at a fraction of the median, and a change smaller than a minimum
 absolute amount (0.01 ms -> 0.03 ms) is never an anomaly, however large its score.
+
+An anomaly stays open while the regression lasts: it reports `since`, the first interval
+of the run of anomalous intervals it ends, and the latest judged against the baseline
+before that run (which the regression itself does not drag along).
 """
 
 from dataclasses import dataclass
@@ -30,11 +34,11 @@ MIN_CHANGE = {"mean_ms": 1.0, "calls_per_minute": 1.0}
 
 @dataclass(frozen=True)
 class Point:
-    """One collected interval of one query; a metric may be None (no calls: no latency)."""
+    """One collected interval of one query; an idle one (no calls) has no latency: None."""
 
     taken_at: datetime
     mean_ms: float | None
-    calls_per_minute: float | None
+    calls_per_minute: float
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,13 @@ class Anomaly:
     score: float  # robust z-score, signed (negative: below the baseline)
     severity: str  # "warning" | "critical"
     direction: str  # "up" | "down"
+    since: datetime  # when the run of anomalous intervals this one ends began
 
 
 @dataclass(frozen=True)
 class Assessment:
-    """The verdict on a query's latest interval; without enough history, `reason` says so."""
+    """The verdict on a query's latest interval with calls; without enough history, `reason`
+    says so. `points` counts the intervals with calls it was judged over."""
 
     anomalies: tuple = ()
     enough_history: bool = True
@@ -70,51 +76,96 @@ def severity_of(score, warning=WARNING_SCORE, critical=CRITICAL_SCORE):
 
 def assess(points, *, window, min_points, warning=WARNING_SCORE, critical=CRITICAL_SCORE,
            min_change=None):
-    """Assessment of the latest of `points` against the up to `window` points before it.
+    """Assessment of the latest of `points` with calls against the up to `window` intervals
+    with calls before it, each anomaly with the start of its run (see open_anomaly).
 
-    A metric needs at least `min_points` earlier values to get a verdict; when no metric
-    has them, the Assessment says so instead of reporting "no anomaly". `min_change`
-    overrides MIN_CHANGE for some metrics.
+    Idle intervals (no calls) are left out for both metrics: neither judged nor part of a
+    baseline. The call rate is thus the rate while the query runs: one called now and then
+    is not a surge whenever it runs, one that stops being called is not a collapse, and
+    idle collections neither open nor close an anomaly. A verdict needs `min_points`
+    earlier intervals with calls; without them, the Assessment says so instead of
+    reporting "no anomaly". `min_change` overrides MIN_CHANGE for some metrics.
     """
-    ordered = sorted(points, key=lambda point: point.taken_at)
-    if not ordered:
-        return Assessment(enough_history=False, reason="no collected intervals yet")
-    latest = ordered[-1]
-    min_change = {**MIN_CHANGE, **(min_change or {})}
-    anomalies, judged = [], 0
-    for metric, directions in DIRECTIONS.items():
-        value = getattr(latest, metric)
-        baseline = [x for x in (getattr(p, metric) for p in ordered[:-1]) if x is not None]
-        baseline = baseline[-window:]
-        if value is None or len(baseline) < min_points:
-            continue
-        judged += 1
-        anomaly = score_metric(metric, value, baseline, warning, critical)
-        if anomaly is None or anomaly.direction not in directions:
-            continue
-        if abs(value - anomaly.baseline_median) >= min_change[metric]:
-            anomalies.append(anomaly)
-    if not judged:
+    ran = sorted(
+        (point for point in points if point.mean_ms is not None), key=lambda point: point.taken_at
+    )
+    if not ran:
+        return Assessment(enough_history=False, reason="no interval with calls yet")
+    latest = ran[-1]
+    if min(len(ran) - 1, window) < min_points:
         return Assessment(
             enough_history=False,
-            reason=f"{len(ordered) - 1} earlier intervals; at least {min_points} are needed",
+            reason=f"{len(ran) - 1} earlier intervals with calls; at least {min_points} are needed",
             latest_at=latest.taken_at,
-            points=len(ordered),
+            points=len(ran),
         )
-    return Assessment(tuple(anomalies), latest_at=latest.taken_at, points=len(ordered))
+    limits = {
+        "warning": warning,
+        "critical": critical,
+        "min_change": {**MIN_CHANGE, **(min_change or {})},
+    }
+    found = [open_anomaly(metric, ran, window, min_points, **limits) for metric in DIRECTIONS]
+    return Assessment(
+        tuple(anomaly for anomaly in found if anomaly), latest_at=latest.taken_at, points=len(ran)
+    )
 
 
-def score_metric(metric, value, baseline, warning, critical):
-    """The Anomaly of `value` against the `baseline` values of `metric`, or None when its
-    robust z-score stays under `warning` in either direction."""
-    center = median(baseline)
-    mad = median(abs(x - center) for x in baseline)
+def open_anomaly(metric, ran, window, min_points, **limits):
+    """The open Anomaly of `metric` at the latest of `ran` (intervals with calls, oldest first).
+
+    The latest is judged against the `window` intervals before it: a normal one costs that
+    one baseline. An anomalous one ends a run, traced back one interval at a time while all
+    the intervals from the earlier start on are anomalous in one direction against the
+    (at least `min_points`) intervals before that start; the Anomaly is the latest's against
+    the baseline before the run. A regression lasting over about half the window is in the
+    latest's own baseline: the new normal.
+    """
+
+    def run_from(start):
+        baseline = ran[max(0, start - window):start]
+        if len(baseline) < min_points:
+            return None
+        return judge_run(metric, ran[start:], baseline, **limits)
+
+    start = len(ran) - 1
+    anomaly = run_from(start)
+    while anomaly and (earlier := run_from(start - 1)):
+        start, anomaly = start - 1, earlier
+    return anomaly
+
+
+def judge_run(metric, run, baseline, **limits):
+    """The Anomaly of the last of `run` (Points) when all of `run` is anomalous in its direction
+    against the median and MAD of `baseline` (Points), else None; `since` is the first of `run`.
+    """
+    values = [getattr(point, metric) for point in baseline]
+    center = median(values)
+    mad = median(abs(x - center) for x in values)
     mad = max(mad, MAD_FLOOR_FRACTION * abs(center), MAD_FLOOR_ABSOLUTE)
+    found = [
+        score_metric(metric, getattr(point, metric), center, mad, run[0].taken_at, **limits)
+        for point in run
+    ]
+    latest = found[-1]
+    if latest and all(anomaly and anomaly.direction == latest.direction for anomaly in found):
+        return latest
+    return None
+
+
+def score_metric(metric, value, center, mad, since, *, warning, critical, min_change):
+    """The Anomaly of `value` against a baseline's median `center` and `mad`, or None: a robust
+    z-score under `warning`, a direction that does not matter for `metric`, or a change under
+    its minimum."""
     score = CONSISTENCY * (value - center) / mad
     severity = severity_of(abs(score), warning, critical)
-    if severity is None:
+    direction = "up" if score > 0 else "down"
+    if (
+        severity is None
+        or direction not in DIRECTIONS[metric]
+        or abs(value - center) < min_change[metric]
+    ):
         return None
-    return Anomaly(metric, value, center, mad, score, severity, "up" if score > 0 else "down")
+    return Anomaly(metric, value, center, mad, score, severity, direction, since)
 
 
 def cached_assess(database_id, fingerprint, load_points, *, version=None):

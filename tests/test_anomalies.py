@@ -13,8 +13,9 @@ STABLE_CALLS = [60.0, 62.0, 58.0, 61.0, 59.0, 60.0, 63.0, 57.0, 60.0, 61.0, 59.0
 
 
 def history(mean_ms, calls_per_minute=None):
-    """Points five minutes apart; calls default to a steady 60/min."""
-    calls_per_minute = calls_per_minute or [60.0] * len(mean_ms)
+    """Points five minutes apart; calls default to a steady 60/min, and to none where the mean
+    is None (an idle interval)."""
+    calls_per_minute = calls_per_minute or [0.0 if ms is None else 60.0 for ms in mean_ms]
     return [
         Point(START + timedelta(minutes=5 * i), ms, calls)
         for i, (ms, calls) in enumerate(zip(mean_ms, calls_per_minute))
@@ -60,7 +61,7 @@ def test_too_few_points_gives_no_verdict_and_says_so():
     assert run(points) == []
     assessment = assess(points, window=48, min_points=8)
     assert not assessment.enough_history
-    assert assessment.reason == "5 earlier intervals; at least 8 are needed"
+    assert assessment.reason == "5 earlier intervals with calls; at least 8 are needed"
     assert not assess([], window=48, min_points=8).enough_history
 
 
@@ -79,9 +80,48 @@ def test_tiny_latencies_are_not_anomalies_however_large_the_score():
     assert anomaly.severity == "critical"
 
 
-def test_query_that_starts_being_called_after_idle_history():
-    (anomaly,) = run(history([5.0] * 13, [0.0] * 12 + [30.0]))
-    assert (anomaly.metric, anomaly.severity) == ("calls_per_minute", "critical")
+def test_the_call_rate_is_the_rate_while_the_query_runs():
+    """Idle intervals are no baseline for the call rate either: a query that starts being
+    called has no verdict yet, one called now and then is no surge whenever it runs, and one
+    that stops being called is no collapse."""
+    starts = assess(history([None] * 12 + [5.0]), window=48, min_points=8)
+    assert starts.reason == "0 earlier intervals with calls; at least 8 are needed"
+    assert run(history([5.0 if i % 4 == 0 else None for i in range(37)])) == []
+    assert run(history(STABLE_MS + [None] * 5)) == []
+
+
+def test_an_anomaly_stays_open_through_idle_intervals():
+    points = history(STABLE_MS + [45.0] + [None] * 3)
+    (anomaly,) = run(points)
+    assert (anomaly.metric, anomaly.value, anomaly.since) == ("mean_ms", 45.0, points[12].taken_at)
+    assert assess(points, window=48, min_points=8).latest_at == points[12].taken_at
+
+
+def test_a_lasting_regression_is_judged_against_the_baseline_before_it():
+    points = history(STABLE_MS + [45.0, None, 44.0, None, 46.0])
+    (anomaly,) = run(points)
+    assert anomaly.since == points[12].taken_at
+    assert (anomaly.value, anomaly.baseline_median, anomaly.mad) == (46.0, 10.0, 1.0)
+    assert anomaly.score == pytest.approx(0.6745 * 36)
+
+
+def test_one_interval_with_calls_back_within_the_baseline_closes_it():
+    assert run(history(STABLE_MS + [45.0, None, 11.0])) == []
+    assert run(history(STABLE_MS + [45.0, 11.0, None, None])) == []
+
+
+def test_a_run_is_anomalous_throughout_in_one_direction():
+    points = history(STABLE_MS + [45.0, 10.0, 45.0])
+    assert run(points)[0].since == points[14].taken_at  # the normal interval ended the first run
+    points = history(STABLE_MS + [10.0, 10.0], STABLE_CALLS + [600.0, 5.0])
+    (collapse,) = run(points)
+    assert (collapse.direction, collapse.since) == ("down", points[13].taken_at)
+
+
+def test_a_regression_lasting_over_half_the_window_becomes_the_baseline():
+    (anomaly,) = run(history(STABLE_MS + [45.0] * 11), window=24)
+    assert anomaly.baseline_median == 10.0
+    assert run(history(STABLE_MS + [45.0] * 13), window=24) == []
 
 
 def test_window_limits_the_baseline_to_recent_points():
