@@ -90,17 +90,18 @@ class CacheDashboardAdmin(admin.ModelAdmin):
         """GET: the confirmation page; POST: clear, log each cache, back to the dashboard."""
         if request.method != "POST":
             rows = [dashboard.row(registry.describe(name)) for name in names]
-            return self.render(request, "confirm_clear.html", title="Clear caches?", rows=rows)
+            title = f"Clear the {names[0]} cache?" if len(names) == 1 else "Clear all caches?"
+            return self.render(request, "confirm_clear.html", title=title, rows=rows)
         cleared = {name: registry.clear(name) for name in names}
         content_type = ContentType.objects.get_for_model(CacheDashboard)
         LogEntry.objects.bulk_create(
             LogEntry(
                 user=request.user, content_type=content_type, object_id=name,
                 object_repr=f"{name} cache", action_flag=CHANGE,
-                change_message=f"Cleared the {name} cache: {count} entries",
+                change_message=f"Cleared the {name} cache: {dashboard.entries(count)}",
             )
             for name, count in cleared.items()
         )
-        summary = ", ".join(f"{name} ({count} entries)" for name, count in cleared.items())
+        summary = ", ".join(f"{name} ({dashboard.entries(n)})" for name, n in cleared.items())
         messages.success(request, f"Cleared {summary}.")
         return redirect("admin:caching_cachedashboard_changelist")

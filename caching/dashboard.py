@@ -3,6 +3,7 @@
 from datetime import datetime, timezone
 
 from django.conf import settings
+from django.template.defaultfilters import pluralize
 from django.utils.module_loading import import_string
 
 from caching import registry
@@ -22,6 +23,11 @@ def row(described):
             if last_clear is not None else None
         ),
     }
+
+
+def entries(count):
+    """`1 entry`, `2 entries`, as the clear messages, the admin log and cache_stats say it."""
+    return f"{count} entr{pluralize(count, 'y,ies')}"
 
 
 def hit_ratio(figures):

@@ -7,10 +7,15 @@ that starts empty, leaving it empty on edit keeps the stored DSN, and everywhere
 
 from django import forms
 from django.contrib import admin, messages
+from django.template.defaultfilters import pluralize
+from django.utils.html import format_html
+from django.utils.text import Truncator
 from psycopg import conninfo
 
 from pganalytics.collector import CollectionError, outcome_of
 from pganalytics.models import MonitoredDatabase, Query, Snapshot
+
+LIST_ERROR_CHARS = 150  # the full error is the tooltip, and on the database's page
 
 
 class SecretDSNField(forms.CharField):
@@ -57,15 +62,23 @@ class MonitoredDatabaseForm(forms.ModelForm):
 @admin.register(MonitoredDatabase)
 class MonitoredDatabaseAdmin(admin.ModelAdmin):
     form = MonitoredDatabaseForm
-    list_display = ["name", "masked_dsn", "enabled", "last_collected_at", "last_error"]
+    list_display = ["name", "masked_dsn", "enabled", "last_collected_at", "error"]
     list_filter = ["enabled"]
     search_fields = ["name"]
     readonly_fields = ["masked_dsn", "created_at", "last_collected_at", "last_error"]
     actions = ["collect_now"]
 
+    class Media:
+        css = {"all": ["pganalytics/admin.css"]}  # the error column wraps
+
     @admin.display(description="DSN (masked)")
     def masked_dsn(self, database):
         return database.masked_dsn
+
+    @admin.display(description="last error", ordering="last_error")
+    def error(self, database):
+        shortened = Truncator(database.last_error).chars(LIST_ERROR_CHARS)
+        return format_html('<span title="{}">{}</span>', database.last_error, shortened)
 
     @admin.action(description="Collect a snapshot now")
     def collect_now(self, request, queryset):
@@ -74,8 +87,9 @@ class MonitoredDatabaseAdmin(admin.ModelAdmin):
             if isinstance(snapshot, CollectionError):
                 self.message_user(request, str(snapshot), messages.ERROR)
             else:
+                count = snapshot.statement_count
                 message = (
-                    f"{database.name}: snapshot of {snapshot.statement_count} statements "
+                    f"{database.name}: snapshot of {count} statement{pluralize(count)} "
                     f"in {snapshot.duration_ms:.0f} ms"
                 )
                 if snapshot.warning:
@@ -114,4 +128,4 @@ class QueryAdmin(ReadOnlyAdmin):
 
     @admin.display(description="text")
     def short_text(self, query):
-        return query.text if len(query.text) <= 100 else query.text[:99] + "…"
+        return Truncator(query.text).chars(100)

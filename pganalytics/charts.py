@@ -2,6 +2,10 @@
 
 from dataclasses import dataclass
 
+from django.utils import formats, timezone
+
+from pganalytics.formats import timestamp
+
 WIDTH, HEIGHT, MARGIN = 720, 200, 36
 
 
@@ -35,7 +39,7 @@ def line_chart(points, *, unit="ms", width=WIDTH, height=HEIGHT):
         polyline=" ".join(f"{x},{y}" for x, y in dots),
         dots=dots,
         y_max_label=f"{top:,.2f} {unit}",
-        x_first_label=known[0][0].strftime("%Y-%m-%d %H:%M:%S"),
-        x_last_label=known[-1][0].strftime("%H:%M:%S"),
+        x_first_label=timestamp(known[0][0]),
+        x_last_label=formats.time_format(timezone.localtime(known[-1][0])),
         empty=False,
     )

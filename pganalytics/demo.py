@@ -1,11 +1,12 @@
 """The demo: a sample database, a varied workload and real snapshots, in well under a minute.
 
-It monitors `pganalytics_demo` on the app's own server under the name `demo` and plays a
-small shop's traffic between snapshots: fast indexed lookups, seq scans of an unindexed
-table that grows every interval, aggregates, a join, writes. Near the end two things
-change, as they do in production: an index is dropped (orders-by-customer lookups turn into
-seq scans and regress) and the email lookups' call rate jumps twentyfold. The earlier
-intervals give the anomaly baseline, the last ones stand out against it.
+It monitors `<app database>_demo` (`pganalytics_demo` by default) on the app's own server
+under the name `demo` and plays a small shop's traffic between snapshots: fast indexed
+lookups, seq scans of an unindexed table that grows every interval, aggregates, a join,
+writes. Near the end two things change, as they do in production: an index is dropped
+(orders-by-customer lookups turn into seq scans and regress) and the email lookups' call rate
+jumps twentyfold. The earlier intervals give the anomaly baseline, the last ones stand out
+against it.
 
 Running it again starts over: the schema is recreated, the demo database's statistics are
 reset (for that database only: others on the server are monitored or tested too) and its
@@ -16,13 +17,14 @@ import random
 import time
 
 import psycopg
+from django.conf import settings
+from django.template.defaultfilters import pluralize
 
 from pganalytics.collector import collect
 from pganalytics.models import MonitoredDatabase
 from pganalytics.targets import ensure_database, local_dsn, reset_statements
 
 DEMO_NAME = "demo"
-DEMO_DATABASE = "pganalytics_demo"
 DEFAULT_SNAPSHOTS = 11
 CUSTOMERS, ORDERS, EVENTS = 20_000, 100_000, 50_000
 EVENTS_GROWTH_PER_ROUND = 25_000
@@ -79,9 +81,17 @@ INSERT INTO events (customer_id, kind, payload, at)
 """
 
 
-def run_demo(*, snapshots=DEFAULT_SNAPSHOTS, scale=1.0, dbname=DEMO_DATABASE, report=print):
-    """Set up, play the workload, collect `snapshots` snapshots; returns the MonitoredDatabase."""
+def demo_database():
+    """The sample database's name, after the app's: two checkouts on one server (different
+    DATABASE_URL database names) each reset their own demo, not a shared one."""
+    return f"{settings.DATABASES['default']['NAME']}_demo"
+
+
+def run_demo(*, snapshots=DEFAULT_SNAPSHOTS, scale=1.0, dbname=None, report=print):
+    """Set up, play the workload, collect `snapshots` snapshots into `dbname` (default:
+    demo_database()); returns the MonitoredDatabase."""
     started = time.monotonic()
+    dbname = dbname or demo_database()
     customers, orders, events, growth = (
         max(10, int(rows * scale)) for rows in (CUSTOMERS, ORDERS, EVENTS, EVENTS_GROWTH_PER_ROUND)
     )
@@ -131,7 +141,8 @@ def register(dbname):
 
 
 def describe(snapshot, number, total):
-    line = f"snapshot {number}/{total}: {snapshot.statement_count} statements"
+    count = snapshot.statement_count
+    line = f"snapshot {number}/{total}: {count} statement{pluralize(count)}"
     top = (
         snapshot.stats.filter(delta_total_exec_time__isnull=False)
         .select_related("query")
@@ -143,7 +154,7 @@ def describe(snapshot, number, total):
     text = " ".join(top.query.text.split())
     return (
         f"{line}; slowest in the interval: {top.delta_total_exec_time:.0f} ms total, "
-        f"{top.delta_calls} calls: {text[:70]}"
+        f"{top.delta_calls} call{pluralize(top.delta_calls)}: {text[:70]}"
     )
 
 

@@ -1,5 +1,6 @@
-"""The cache dashboard in a real browser: Debian's chromium driven by Playwright against the
-live server. Figures change without a reload; clearing goes through the confirmation."""
+"""The admin in a real browser: Debian's chromium driven by Playwright against the live
+server. The cache dashboard's figures change without a reload; clearing goes through the
+confirmation. The monitored databases' list fits the window with a long error."""
 
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ from django.core.cache import caches
 from playwright.sync_api import expect, sync_playwright
 
 from caching import registry
+from pganalytics.models import MonitoredDatabase
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -53,12 +55,12 @@ def staff_user(name, can_clear):
     return user
 
 
-def log_in(page, live_server, user):
-    page.goto(f"{live_server.url}/admin/login/?next={DASHBOARD}")
+def log_in(page, live_server, user, then=DASHBOARD, heading="Cache dashboard"):
+    page.goto(f"{live_server.url}/admin/login/?next={then}")
     page.fill("#id_username", user.username)
     page.fill("#id_password", PASSWORD)
     page.click("input[type=submit]")
-    expect(page.locator("h1")).to_have_text("Cache dashboard")
+    expect(page.locator("h1")).to_have_text(heading)
 
 
 def cell(page, cache, field):
@@ -109,3 +111,22 @@ def test_without_the_permission_no_buttons_and_a_forged_post_is_403(page, live_s
     )
     assert response.status == 403
     assert caches["explain"].get("plan") == "kept"
+
+
+def test_a_long_error_fits_the_database_list_and_is_whole_in_its_tooltip(page, live_server):
+    error = (
+        "far: cannot connect to postgresql://monitor:***@reporting-replica-07.eu-west-3.internal"
+        ".example.com:5432/orders_reporting: connection failed: "
+        + 'connection to server at "10.20.30.40", port 5432 failed: timeout expired; ' * 20
+    )
+    MonitoredDatabase.objects.create(name="far", dsn="dbname=far", last_error=error)
+    admin = User.objects.create_superuser("admin", password=PASSWORD)
+    databases = "/admin/pganalytics/monitoreddatabase/"
+    log_in(page, live_server, admin, databases, "Select monitored database to change")
+
+    results = page.locator("#changelist-form .results")
+    assert results.evaluate("box => box.scrollWidth <= box.clientWidth")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    cell = page.locator("td.field-error")
+    assert cell.inner_text().endswith("…") and len(cell.inner_text()) <= 150
+    assert cell.locator("[title]").get_attribute("title") == error

@@ -121,7 +121,20 @@ def test_clear_all_logs_each_cache(clearer):
     assert {row["entries"] for row in registry.describe_all()} == {0}
     logged = dict(LogEntry.objects.values_list("object_id", "change_message"))
     assert set(logged) == set(registry.names())
-    assert logged["responses"] == "Cleared the responses cache: 1 entries"
+    assert logged["responses"] == "Cleared the responses cache: 1 entry"
+
+
+def test_the_confirmation_reads_right_for_one_cache_and_for_all(clearer):
+    caches["features"].set("only", 1)
+    client = logged_in(clearer)
+    one = client.get(DASHBOARD + "clear/features/").content.decode()
+    assert "<h1>Clear the features cache?</h1>" in one and "Its entries are dropped" in one
+    assert "<strong>features</strong>: 1 entry</li>" in one
+    every = client.get(DASHBOARD + "clear-all/").content.decode()
+    assert "<h1>Clear all caches?</h1>" in every
+    assert f"The entries of these {len(registry.names())} caches are dropped" in every
+    message = client.post(DASHBOARD + "clear/features/", follow=True).content.decode()
+    assert "Cleared features (1 entry)." in message
 
 
 def test_an_unknown_cache_is_404(clearer):

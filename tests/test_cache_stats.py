@@ -44,7 +44,7 @@ def test_the_table_has_a_line_per_cache_and_a_total():
 def test_clear_one_and_clear_all():
     caches["features"].set("a", 1)
     caches["responses"].set("b", 1)
-    assert stats("--clear", "features").splitlines()[0] == "cleared features: 1 entries"
+    assert stats("--clear", "features").splitlines()[0] == "cleared features: 1 entry"
     assert caches["responses"].get("b") == 1
     report = json.loads(stats("--clear-all", "--json"))
     assert report["cleared"]["responses"] == 1 and report["totals"]["entries"] == 0

@@ -4,7 +4,9 @@ import io
 import os
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
+from psycopg import conninfo
 
 from pganalytics.demo import CUSTOMER_BY_EMAIL, DEMO_NAME, ORDERS_OF_CUSTOMER, run_demo
 from pganalytics.models import MonitoredDatabase, QueryStat
@@ -46,6 +48,18 @@ def test_the_demo_collects_snapshots_with_a_regression_and_a_call_rate_jump(demo
     assert scanning > 5 * indexed
     assert not database.snapshots.filter(reset_detected=True).exists()
     assert lines[-1].startswith("done in ") and f"{SNAPSHOTS} snapshots of 'demo'" in lines[-1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_database_is_named_after_the_app_database():
+    """Two checkouts on one server, with their own app databases, reset their own demos."""
+    expected = f"{settings.DATABASES['default']['NAME']}_demo"
+    try:
+        call_command("demo", "--snapshots", "3", "--scale", "0.01", stdout=io.StringIO())
+        dsn = MonitoredDatabase.objects.get(name=DEMO_NAME).dsn
+        assert conninfo.conninfo_to_dict(dsn)["dbname"] == expected
+    finally:
+        drop_database(expected)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -64,7 +64,7 @@ class Command(BaseCommand):
 
     def print_table(self, report):
         for name, count in report["cleared"].items():
-            self.stdout.write(f"cleared {name}: {count} entries")
+            self.stdout.write(f"cleared {name}: {dashboard.entries(count)}")
         header = f"{'cache':<14}" + "".join(f"{column:>13}" for column in COLUMNS)
         self.stdout.write(header)
         for row in [*report["caches"], {"name": "total", **report["totals"]}]:

@@ -5,6 +5,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
+from django.template.defaultfilters import pluralize
 
 from pganalytics.collector import CollectionError, collect_all
 from pganalytics.config import parse_period
@@ -38,7 +39,7 @@ class Command(BaseCommand):
         if interval is None:
             failures = self.collect_round(database)
             if failures:
-                raise CommandError(f"{failures} database(s) failed")
+                raise CommandError(f"{failures} database{pluralize(failures)} failed")
             return
         previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C
         try:
@@ -70,9 +71,10 @@ class Command(BaseCommand):
                 failures += 1
                 self.stderr.write(f"FAILED {outcome}")
             else:
+                statements, queries = outcome.statement_count, outcome.stats.count()
                 line = (
-                    f"ok {database.name}: {outcome.statement_count} statements, "
-                    f"{outcome.stats.count()} queries in {outcome.duration_ms:.0f} ms"
+                    f"ok {database.name}: {statements} statement{pluralize(statements)}, "
+                    f"{queries} quer{pluralize(queries, 'y,ies')} in {outcome.duration_ms:.0f} ms"
                 )
                 if outcome.reset_detected:
                     line += " (statistics were reset since the previous snapshot)"

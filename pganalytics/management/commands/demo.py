@@ -7,8 +7,9 @@ from pganalytics.demo import DEFAULT_SNAPSHOTS, run_demo
 
 class Command(BaseCommand):
     help = (
-        "Create the sample database pganalytics_demo on the local server, play a varied "
-        "workload and collect snapshots of it as the monitored database 'demo'. Idempotent."
+        "Create the sample database <app database>_demo on the app database's server, play a "
+        "varied workload and collect snapshots of it as the monitored database 'demo'. "
+        "Idempotent."
     )
 
     def add_arguments(self, parser):
