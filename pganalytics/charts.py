@@ -2,8 +2,6 @@
 
 from dataclasses import dataclass
 
-from django.utils import formats, timezone
-
 from pganalytics.formats import timestamp
 
 WIDTH, HEIGHT, MARGIN = 720, 200, 36
@@ -40,6 +38,6 @@ def line_chart(points, *, unit="ms", width=WIDTH, height=HEIGHT):
         dots=dots,
         y_max_label=f"{top:,.2f} {unit}",
         x_first_label=timestamp(known[0][0]),
-        x_last_label=formats.time_format(timezone.localtime(known[-1][0])),
+        x_last_label=timestamp(known[-1][0]),
         empty=False,
     )

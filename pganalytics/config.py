@@ -36,7 +36,7 @@ def parse_period(text):
     try:
         seconds = parse_duration(text)
     except ValueError:
-        raise ValueError("expected a duration such as 90s, 15m or 1h") from None
+        raise ValueError("expected a duration such as 90s, 15m, 1h, 7d or 2w") from None
     if seconds <= 0:
         raise ValueError("must be longer than 0")
     return seconds
@@ -124,7 +124,7 @@ class Config:
         parts = self._url_parts(name, raw, expected)
         has_address = parts.path if parts.scheme == "unix" else parts.hostname
         if parts.scheme not in schemes or not has_address:
-            self._fail(name, _masked(raw), expected)
+            self._fail(name, masked(raw), expected)
         return raw.rstrip("/")
 
     def networks(self, name, default):
@@ -144,7 +144,7 @@ class Config:
         expected = "a URL such as postgres://user@host:5432/dbname"
         parts = self._url_parts(name, raw, expected)
         if parts.scheme not in ("postgres", "postgresql", "pgsql") or not parts.path.strip("/"):
-            self._fail(name, _masked(raw), expected)
+            self._fail(name, masked(raw), expected)
         return self.env.db_url_config(raw)
 
     def _url_parts(self, name, raw, expected):
@@ -153,11 +153,11 @@ class Config:
             parts = urlsplit(raw)
             parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
         except ValueError:
-            self._fail(name, _masked(raw), expected)
+            self._fail(name, masked(raw), expected)
         return parts
 
 
-def _masked(url):
+def masked(url):
     """`url` with the password of its user part replaced by ***, for error messages. The
     password runs to the last `@`, as urllib (so django-environ) reads these URLs; a monitored
     database's DSN, which libpq reads, is masked by pganalytics.dsn instead."""

@@ -56,6 +56,26 @@ OPEN_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 TRANSIENT_CLASSES = {"08", "40", "53", "55", "57", "58"}
 QUERY_CANCELED = "57014"
 TRANSIENT_FAILURE_SECONDS = 30
+DEADLINE_MARGIN_SECONDS = 5  # a session still busy this long after its timeout is cut off
+# What the plan needs to know of the statement's role, as the session's own role (whose
+# search_path is pinned to pg_catalog): its name, whether the session may act as it, is it,
+# may it create temporary objects, is the server a standby, who the session is, the database,
+# and the role's search_path here (ALTER ROLE ... IN DATABASE, then ALTER ROLE, then ALTER
+# DATABASE, then PostgreSQL's default).
+ROLE_FACTS = """SELECT r.rolname, pg_catalog.pg_has_role(r.oid, 'MEMBER'),
+    r.rolname = session_user,
+    pg_catalog.has_database_privilege(r.oid, pg_catalog.current_database(), 'TEMPORARY'),
+    pg_catalog.pg_is_in_recovery(), session_user, pg_catalog.current_database(),
+    coalesce((
+        SELECT pg_catalog.substr(setting, 13)
+        FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) AS setting
+        WHERE setting LIKE 'search\\_path=%%'
+          AND s.setrole IN (r.oid, 0)
+          AND s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database
+                                    WHERE datname = pg_catalog.current_database()))
+        ORDER BY s.setrole = r.oid DESC, s.setdatabase <> 0 DESC
+        LIMIT 1), '"$user", public')
+FROM pg_catalog.pg_roles r WHERE r.oid = %s::pg_catalog.oid"""
 
 
 class ExplainRefused(ValueError):
@@ -237,14 +257,17 @@ def explain(dsn, sql, *, userid, timeout=None):
             "the role that ran it is not known yet (collected before roles were recorded): "
             "the next snapshot records it"
         )
-    timeout_ms = int((settings.EXPLAIN_STATEMENT_TIMEOUT if timeout is None else timeout) * 1000)
+    seconds = settings.EXPLAIN_STATEMENT_TIMEOUT if timeout is None else timeout
+    timeout_option = f"-c statement_timeout={int(seconds * 1000)}"
     try:
-        with targets.connect(dsn, autocommit=True) as connection:
+        connection = targets.connect(dsn, options=timeout_option, autocommit=True)
+        with targets.deadline(connection, seconds + DEADLINE_MARGIN_SECONDS):
             try:
-                role, plan_json, table_rows = _plan(connection, statement, userid, timeout_ms)
+                role, plan_json = _plan(connection, statement, userid)
             finally:
                 if connection.info.transaction_status in OPEN_TRANSACTION:
                     connection.execute(MARKER + " ROLLBACK")
+            table_rows = _table_rows(connection, plan_json)
     except psycopg.Error as error:
         raise ExplainFailed(scrub(_message(error), dsn), transient=is_transient(error)) from None
     return PlanResult(
@@ -256,9 +279,10 @@ def explain(dsn, sql, *, userid, timeout=None):
     )
 
 
-def _plan(connection, statement, userid, timeout_ms):
-    """(role name, plan JSON, table rows) of `statement` planned as role `userid`, in a
-    transaction the caller rolls back.
+def _plan(connection, statement, userid):
+    """(role name, plan JSON) of `statement` planned as role `userid`, in a transaction the
+    caller rolls back: nothing runs after the plan in it, since the planned code may have
+    changed the transaction's settings (a rollback undoes them).
 
     The planner runs code: it folds IMMUTABLE function calls, and READ ONLY does not stop
     `pg_read_file` or `lo_export`. So the plan is made by the role that ran the statement,
@@ -266,7 +290,7 @@ def _plan(connection, statement, userid, timeout_ms):
     `RESET ROLE` to the session's. Unless the role is the session's own, the EXPLAIN runs in
     a temporary SECURITY DEFINER procedure owned by that role, inside which PostgreSQL
     refuses any change of role or session authorization; the procedure disappears with the
-    rollback.
+    rollback. The statement's names are resolved with that role's own search_path.
 
     The cursor is binary because psycopg then sends every statement with PQsendQueryParams
     (it uses the simple-query protocol, which runs any number of statements, only for text
@@ -274,77 +298,88 @@ def _plan(connection, statement, userid, timeout_ms):
     """
     count = statement.parameter_count
     arguments = f"({', '.join(['NULL'] * count)})" if count else ""
-    explain_prepared = f"EXPLAIN (FORMAT JSON) EXECUTE {PREPARED_NAME}{arguments}"
+    explain_prepared = f"{MARKER} EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE {PREPARED_NAME}{arguments}"
     with connection.cursor(binary=True) as cursor:
         def run(command):
             cursor.execute(pgsql.SQL(MARKER + " {}").format(command))
 
         run(pgsql.SQL("BEGIN"))
         run(pgsql.SQL("SET LOCAL standard_conforming_strings = on"))
-        run(pgsql.SQL("SET LOCAL statement_timeout = {}").format(pgsql.Literal(timeout_ms)))
-        role, own = _role(cursor, userid)
-        if not own:
-            run(pgsql.SQL("SET LOCAL ROLE {}").format(pgsql.Identifier(role)))
+        role = _role(cursor, userid)
+        cursor.execute(
+            MARKER + " SELECT pg_catalog.set_config('search_path', %s, true)", [role.search_path]
+        )
+        if not role.own:
+            run(pgsql.SQL("SET LOCAL ROLE {}").format(pgsql.Identifier(role.name)))
         run(pgsql.SQL(f"PREPARE {PREPARED_NAME} AS ") + pgsql.SQL(statement.text))
-        if not own:
+        if not role.own:
             run(PLAN_PROCEDURE.format(explain=pgsql.Literal(explain_prepared)))
         run(pgsql.SQL("SET TRANSACTION READ ONLY"))
         run(pgsql.SQL("SET LOCAL plan_cache_mode = force_generic_plan"))
-        run(pgsql.SQL(explain_prepared if own else "CALL pg_temp.pganalytics_plan()"))
-        plan_json = cursor.fetchone()[0]
-        return role, plan_json, _table_rows(cursor, plan_json)
+        if role.own:
+            cursor.execute(explain_prepared)
+        else:
+            run(pgsql.SQL("CALL pg_temp.pganalytics_plan()"))
+        return role.name, cursor.fetchone()[0]
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    own: bool  # the session's own role: no procedure needed
+    search_path: str  # as its sessions on this database get it
 
 
 def _role(cursor, userid):
-    """(name, is the session's own) of role `userid`, or ExplainRefused saying why the plan
-    cannot be made as that role."""
-    cursor.execute(
-        MARKER + " SELECT r.rolname, pg_catalog.pg_has_role(r.oid, 'MEMBER'),"
-        " r.rolname = session_user,"
-        " pg_catalog.has_database_privilege(r.oid, pg_catalog.current_database(), 'TEMPORARY'),"
-        " pg_catalog.pg_is_in_recovery(), session_user"
-        " FROM pg_catalog.pg_roles r WHERE r.oid = %s::pg_catalog.oid",
-        [userid],
-    )
+    """The Role of OID `userid`, or ExplainRefused saying why the plan cannot be made as it."""
+    cursor.execute(MARKER + " " + ROLE_FACTS, [userid])
     found = cursor.fetchone()
     if found is None:
         raise ExplainRefused(f"the role that ran it (OID {userid}) no longer exists")
-    role, member, own, temporary, standby, monitoring = found
+    name, member, own, temporary, standby, monitoring, database, search_path = found
+    role, grantee = (pgsql.Identifier(n).as_string(cursor) for n in (name, monitoring))
     if own:
-        return role, True
+        return Role(name, True, search_path)
     if not member:
         raise ExplainRefused(
-            f"it is planned only as the role that ran it, {role}, and {monitoring} may not act "
-            f"as {role}: GRANT {role} TO {monitoring} to see its plans"
+            f"it is planned only as the role that ran it, {role}, and {grantee} may not act "
+            f"as {role}: GRANT {role} TO {grantee} to see its plans"
         )
     if not temporary:
+        database = pgsql.Identifier(database).as_string(cursor)
         raise ExplainRefused(
             f"{role} may not create temporary objects in this database (the plan is made in a "
-            f"temporary procedure owned by it): GRANT TEMPORARY ON DATABASE to {role}"
+            f"temporary procedure owned by it): GRANT TEMPORARY ON DATABASE {database} TO {role}"
         )
     if standby:
         raise ExplainRefused(
             f"the server is a standby: a plan as {role} needs a temporary procedure, which a "
             "read-only server cannot create; monitor the primary for plans"
         )
-    return role, False
+    return Role(name, False, search_path)
 
 
-def _table_rows(cursor, plan_json):
-    """Rows in each seq-scanned table (pg_class.reltuples; unanalysed tables left out)."""
-    relations = sorted({
-        node["Relation Name"] for node in plan_nodes(plan_json)
-        if node["Node Type"] == "Seq Scan" and "Relation Name" in node
+def _table_rows(connection, plan_json):
+    """Rows in each seq-scanned table (pg_class.reltuples; unanalysed tables left out), by
+    the schema and name the verbose plan gives; as the session's own role, after the plan's
+    transaction, with the session's pinned search_path."""
+    scanned = sorted({
+        (node["Schema"], node["Relation Name"]) for node in plan_nodes(plan_json)
+        if node["Node Type"] == "Seq Scan" and "Schema" in node and "Relation Name" in node
     })
-    if not relations:
+    if not scanned:
         return {}
-    cursor.execute(
-        MARKER + " SELECT name, c.reltuples FROM pg_catalog.unnest(%s::text[]) AS name"
-        " JOIN pg_catalog.pg_class c"
-        " ON c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(name)) WHERE c.reltuples >= 0",
-        [relations],
-    )
-    return {name: float(rows) for name, rows in cursor.fetchall()}
+    schemas, names = zip(*scanned)
+    rows = connection.execute(
+        MARKER + " SELECT t.name, c.reltuples"
+        " FROM ROWS FROM (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[]))"
+        " AS t(schema, name)"
+        " JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema"
+        " JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.name"
+        " WHERE c.reltuples >= 0",
+        [list(schemas), list(names)],
+    ).fetchall()
+    return {name: float(reltuples) for name, reltuples in rows}
 
 
 def is_transient(error):

@@ -8,13 +8,28 @@ What the app runs on a target is not the target's workload: its sessions turn
 pg_stat_statements off (`pg_stat_statements.track = none`) where the role may (a superuser,
 or `GRANT SET ON PARAMETER pg_stat_statements.track`, PostgreSQL 15+), and every statement it
 sends starts with MARKER, so that where the role may not, the collector still leaves them out
-and they never share a text (hence an entry) with the workload's own BEGIN or ROLLBACK.
+and they never share a text (hence an entry) with the workload's own BEGIN or ROLLBACK. The
+marker is keyed with SECRET_KEY: a workload cannot hide behind it.
+
+Nothing a target's owner or users configured may steer what the app runs there: sessions pin
+`search_path` to pg_catalog (a database's or role's own search_path, or a schema anyone may
+write to, could otherwise put their operators and functions before the built-in ones), and a
+session that is still busy after its deadline is cut off, since a server that stalls while
+its TCP stack still answers defeats every timeout the server or the kernel keeps.
 """
+
+import hashlib
+import os
+import socket
+import threading
+from contextlib import contextmanager
 
 import psycopg
 from django.conf import settings
+from django.utils.crypto import salted_hmac
 from psycopg import conninfo, sql
 from psycopg.adapt import Loader
+from psycopg.pq import Format
 
 CONNECT_TIMEOUT_SECONDS = 5
 # TCP keepalives: a target that vanishes from the network mid-read is noticed within about a
@@ -23,8 +38,12 @@ KEEPALIVES = {
     "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3
 }
 MAINTENANCE_DATABASE = "postgres"
-MARKER = "/* pganalytics */"
+MARKER = f"/* pganalytics {salted_hmac('pganalytics.targets', 'marker').hexdigest()[:16]} */"
+PINNED = "-c search_path=pg_catalog,pg_temp"
 UNTRACKED = "-c pg_stat_statements.track=none"
+# Digests of DSNs whose role may not turn tracking off: each failed attempt is a FATAL line in
+# the target's log, so it is made once per process.
+_tracked = set()
 _SETTING_KEYWORDS = {"HOST": "host", "PORT": "port", "USER": "user", "PASSWORD": "password"}
 
 
@@ -36,30 +55,68 @@ class _Utf8Loader(Loader):
         return bytes(data).decode("utf-8", "replace")
 
 
+class _Utf8BinaryLoader(_Utf8Loader):
+    """The same for binary cursors (text and name travel alike in both formats)."""
+
+    format = Format.BINARY
+
+
+@contextmanager
+def deadline(connection, seconds):
+    """`connection`, closed on leaving; cut off if still open after `seconds` (what it was
+    waiting for then raises psycopg.OperationalError)."""
+    guard = threading.Lock()
+    timer = threading.Timer(seconds, _cut, [connection, guard])
+    timer.daemon = True
+    timer.start()
+    try:
+        yield connection
+    finally:
+        with guard:
+            timer.cancel()
+            connection.close()
+
+
+def _cut(connection, guard):
+    """Shut the connection's socket down, waking whatever waits on it; the descriptor stays
+    the connection's (a duplicate is shut, then closed), so none is closed under its feet."""
+    with guard:
+        if connection.closed:
+            return
+        with socket.socket(fileno=os.dup(connection.pgconn.socket)) as duplicate:
+            duplicate.shutdown(socket.SHUT_RDWR)
+
+
 def connect(dsn, *, options="", **parameters):
-    """A psycopg connection to a monitored database, untracked where the role may, text
-    always returned as str.
+    """A psycopg connection to a monitored database, untracked where the role may, with
+    search_path pinned, text always returned as str.
 
     It gives up connecting after CONNECT_TIMEOUT_SECONDS and uses TCP keepalives, unless
     the DSN says otherwise; `options` (`-c name=value ...`) add to the DSN's own. The
     session asks for `pg_stat_statements.track = none`; a role that may not set it is
-    connected again without (its statements must then start with MARKER). A SQL_ASCII
-    database's text, which the server cannot convert, is decoded as UTF-8 with invalid
-    bytes replaced.
+    connected again without, and later connections of this process do not ask again (its
+    statements must then start with MARKER). A SQL_ASCII database's text, which the server
+    cannot convert, is decoded as UTF-8 with invalid bytes replaced.
     """
     given = conninfo.conninfo_to_dict(dsn)
     defaults = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **KEEPALIVES}
     parameters.update((key, value) for key, value in defaults.items() if key not in given)
-    options = " ".join(filter(None, [given.get("options", ""), options]))
-    try:
-        connection = psycopg.connect(dsn, options=f"{options} {UNTRACKED}".strip(), **parameters)
-    except psycopg.OperationalError as error:
-        if "pg_stat_statements.track" not in str(error):
-            raise
+    options = " ".join(filter(None, [given.get("options", ""), options, PINNED]))
+    digest = hashlib.sha256(dsn.encode()).digest()
+    connection = None
+    if digest not in _tracked:
+        try:
+            connection = psycopg.connect(dsn, options=f"{options} {UNTRACKED}", **parameters)
+        except psycopg.OperationalError as error:
+            if "pg_stat_statements.track" not in str(error):
+                raise
+            _tracked.add(digest)
+    if connection is None:
         connection = psycopg.connect(dsn, options=options, **parameters)
     if connection.info.parameter_status("server_encoding") == "SQL_ASCII":
         for type_name in ("text", "name"):
-            connection.adapters.register_loader(type_name, _Utf8Loader)
+            for loader in (_Utf8Loader, _Utf8BinaryLoader):
+                connection.adapters.register_loader(type_name, loader)
     return connection
 
 

@@ -172,7 +172,7 @@ def test_the_server_refuses_a_text_of_two_statements(dsn, text, parameters):
         pytest.raises(psycopg.errors.SyntaxError, match="cannot insert multiple commands"),
         psycopg.connect(dsn) as target,
     ):
-        _plan(target, ParsedStatement(text, parameters), own_role(), timeout_ms=1000)
+        _plan(target, ParsedStatement(text, parameters), own_role())
     assert scalar("SELECT count(*) FROM explain_orders") == 20000
 
 

@@ -142,8 +142,9 @@ def test_without_a_terminal_the_command_to_run_is_printed_and_then_nothing():
     child = first_login()
     said = child.communicate(timeout=60)[0].decode()
     assert child.returncode == 0 and not User.objects.exists()
+    url = child_environment()["DATABASE_URL"]  # the database being served, not the default
     assert said.strip() == (
-        "pganalytics: no admin login yet, create one with: "
+        f"pganalytics: no admin login yet, create one with: DATABASE_URL='{config.masked(url)}' "
         ".venv/bin/python manage.py createsuperuser"
     )
     User.objects.create_superuser("admin", password="admin pw")
@@ -197,7 +198,7 @@ def test_one_statement_is_one_statement_in_collect_the_admin_and_the_demo(
 ):
     out = io.StringIO()
     call_command("collect", stdout=out)  # the target's statistics were just reset: one row
-    assert out.getvalue().startswith("ok target: 1 statement, 1 query in ")
+    assert out.getvalue().startswith("ok target: 1 statement, 1 moved, in ")
 
     reset_statements(target)
     response = admin_client.post(

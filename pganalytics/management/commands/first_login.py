@@ -1,12 +1,22 @@
 """`manage.py first_login`: the first admin login, so that `scripts/run` leaves no step out."""
 
+import os
 import sys
 
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from pganalytics.config import masked
+
 CREATE_COMMAND = ".venv/bin/python manage.py createsuperuser"
+
+
+def command():
+    """CREATE_COMMAND, with the DATABASE_URL this process was given (its password masked: the
+    user puts it back), so that the login is made in the database being served."""
+    url = os.environ.get("DATABASE_URL")
+    return f"DATABASE_URL='{masked(url)}' {CREATE_COMMAND}" if url else CREATE_COMMAND
 
 
 class Command(BaseCommand):
@@ -22,4 +32,4 @@ class Command(BaseCommand):
             self.stdout.write("pganalytics: no admin login yet, create the first one:")
             call_command("createsuperuser")
         else:
-            self.stdout.write(f"pganalytics: no admin login yet, create one with: {CREATE_COMMAND}")
+            self.stdout.write(f"pganalytics: no admin login yet, create one with: {command()}")
