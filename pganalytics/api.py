@@ -4,6 +4,7 @@ from dataclasses import asdict
 from functools import wraps
 
 from django.http import Http404, JsonResponse
+from django.utils import timezone
 from django.utils.cache import patch_cache_control
 from django.views.decorators.csrf import csrf_exempt
 
@@ -51,7 +52,11 @@ def one_database(request, database_id, **kwargs):
 @api_view
 @cached_response(every_database)
 def databases(request):
-    return JsonResponse({"databases": [services.database_summary(d) for d in services.databases()]})
+    response = JsonResponse(
+        {"databases": [services.database_summary(d, request.user) for d in services.databases()]}
+    )
+    patch_cache_control(response, no_store=True)  # the lag moves with the clock
+    return response
 
 
 def top_query_params(request):
@@ -69,15 +74,20 @@ def top_queries(request, database_id, window, order):
             "window_seconds": window.total_seconds(),
             "order": order,
             "queries": [asdict(row) for row in rows],
+            "evictions": services.evictions(database, timezone.now() - window),
         }
     )
 
 
+def query_detail_params(request):
+    return services.query_detail_params(request.GET)
+
+
 @api_view
-@cached_response(one_database)
-def query_detail(request, database_id, fingerprint):
+@cached_response(one_database, params_of=query_detail_params)
+def query_detail(request, database_id, fingerprint, window):
     database = services.database_or_404(database_id)
-    detail = services.query_detail(database, fingerprint)
+    detail = services.query_detail(database, fingerprint, window)
     response = JsonResponse(detail)
     if detail["plan"].get("transient"):  # may pass: not kept for the version
         patch_cache_control(response, no_store=True)

@@ -16,16 +16,19 @@ delta is the new cumulative value: what accrued since the reset, never negative.
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
 import psycopg
 from django.db import connection, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from psycopg import sql
 
-from pganalytics import targets
+from pganalytics import history, targets
 from pganalytics.dsn import scrub
 from pganalytics.fingerprint import Fingerprint, compute_fingerprint, fold_whitespace
 from pganalytics.formats import timestamp
@@ -35,6 +38,7 @@ from pganalytics.signals import snapshot_collected
 logger = logging.getLogger(__name__)
 APPLICATION_NAME = "pganalytics-collector"
 STATEMENT_TIMEOUT_MS = 30_000
+READ_DEADLINE_SECONDS = 60  # a target still not read by then is cut off (targets.deadline)
 MINIMUM_SERVER_VERSION = 140000
 MARKER = targets.MARKER
 COUNTERS = (
@@ -74,6 +78,8 @@ class Reading:
     rows: list  # tuples: query text, userid, queryid, then COUNTERS in order
     warning: str = ""  # what the rows leave out, and how to fix it
     superuser: bool | None = None  # the DSN's role is a superuser (None: not known)
+    dealloc: int | None = None  # pg_stat_statements_info.dealloc (None: not known)
+    statements_max: int | None = None  # the server's pg_stat_statements.max (None: not known)
 
 
 @dataclass
@@ -170,7 +176,7 @@ def read_statements(database):
     except psycopg.Error as error:
         raise _failure(database, f"cannot connect to {database.masked_dsn}", error) from None
     try:
-        with connection:
+        with targets.deadline(connection, READ_DEADLINE_SECONDS):
             return _read(database, connection)
     except psycopg.Error as error:
         raise _failure(database, "cannot read pg_stat_statements", error) from None
@@ -199,12 +205,15 @@ def _read(database, connection):
             "run ALTER EXTENSION pg_stat_statements UPDATE",
         )
     taken_at = timezone.now()
-    stats_reset = None
+    stats_reset = dealloc = None
     if "pg_stat_statements_info" in columns:
         info = sql.Identifier(schema, "pg_stat_statements_info")
-        stats_reset = connection.execute(
-            sql.SQL(MARKER + " SELECT stats_reset FROM {}").format(info)
-        ).fetchone()[0]
+        stats_reset, dealloc = connection.execute(
+            sql.SQL(MARKER + " SELECT stats_reset, dealloc FROM {}").format(info)
+        ).fetchone()
+    statements_max = connection.execute(
+        MARKER + " SELECT current_setting('pg_stat_statements.max', true)::int"
+    ).fetchone()[0]
     rows = connection.execute(_statements_query(schema, statement_columns)).fetchall()
     visible = [row for row in rows if row[0] != HIDDEN_TEXT]
     warning = ""
@@ -221,6 +230,8 @@ def _read(database, connection):
         rows=visible,
         warning=warning,
         superuser=connection.info.parameter_status("is_superuser") == "on",
+        dealloc=dealloc,
+        statements_max=statements_max,
     )
 
 
@@ -292,18 +303,41 @@ def interval_deltas(current, previous, *, first_snapshot, stats_were_reset):
     return deltas
 
 
-def store(database, reading, started):
-    """Snapshot + QueryStat rows of `reading`, in one transaction; returns the Snapshot.
+def evicted_since(previous, dealloc, stats_were_reset):
+    """Times the server evicted entries since the `previous` Snapshot, from the cumulative
+    `dealloc`s: None without both; a statistics reset zeroes dealloc, so after one (or when
+    it went down) it counts from zero."""
+    if previous is None or previous.dealloc is None or dealloc is None:
+        return None
+    if stats_were_reset or dealloc < previous.dealloc:
+        return dealloc
+    return dealloc - previous.dealloc
 
-    Collections of one database store one at a time (the database's row is locked). One
-    whose reading is older than a snapshot stored meanwhile (the admin's "Collect now"
-    overtaken by `collect --every`) is dropped with a CollectionError: stored, it would make
-    a negative interval and a false reset, and the newer snapshot's cumulative counters
-    already hold everything it saw.
+
+def store(database, reading, started):
+    """Snapshot + QueryStat rows of the statements of `reading` that moved, in one
+    transaction; returns the Snapshot.
+
+    A statement moved when one of its counters differs from those its Query kept when it
+    last moved; those counters are the baseline of its delta, which therefore falls in the
+    interval since the previous snapshot. Collections of one database store one at a time
+    (the database's row is locked). A reading older than a snapshot stored meanwhile (the
+    admin's "Collect now" overtaken by `collect --every`) is dropped with a CollectionError:
+    stored, it would make a negative interval and a false reset, and the newer snapshot's
+    cumulative counters already hold everything it saw. So is one whose hour is rolled up
+    already (history.rolled_up_until).
     """
     groups = group_by_fingerprint(reading.rows)
+    history.ensure_partition(QueryStat, reading.taken_at)
     with transaction.atomic():
         MonitoredDatabase.objects.select_for_update().get(pk=database.pk)
+        rolled_up = history.rolled_up_until()
+        if rolled_up is not None and reading.taken_at < rolled_up:
+            raise CollectionError(
+                database,
+                f"this reading, taken at {timestamp(reading.taken_at)}, falls in an hour "
+                "already rolled up: it is dropped (the next snapshot counts it)",
+            )
         previous = database.snapshots.order_by("-taken_at", "-pk").first()
         if previous is not None and previous.taken_at >= reading.taken_at:
             raise CollectionError(
@@ -311,8 +345,7 @@ def store(database, reading, started):
                 f"a snapshot taken at {timestamp(previous.taken_at)} was stored while "
                 "this one was read: this older reading is dropped (that snapshot counts it)",
             )
-        query_ids = _query_ids(database, groups, reading.taken_at)
-        previous_counters = _counters_of(previous)
+        known = _known_queries(database, groups, reading.taken_at)
         stats_were_reset = (
             previous is not None
             and previous.stats_reset is not None
@@ -326,21 +359,27 @@ def store(database, reading, started):
             reset_detected=stats_were_reset,
             warning=reading.warning,
             duration_ms=0.0,
+            dealloc=reading.dealloc,
+            evicted=evicted_since(previous, reading.dealloc, stats_were_reset),
+            statements_max=reading.statements_max,
         )
         interval = (reading.taken_at - previous.taken_at).total_seconds() if previous else None
         stats = []
         for fingerprint, group in groups.items():
             current = group.counters()
-            query_id = query_ids[fingerprint]
-            before = previous_counters.get(query_id)
+            query_id, before = known[fingerprint]
+            if before == {name: current[name] for name in DELTA_COUNTERS}:
+                continue  # did not move
             snapshot.reset_detected |= went_down(current, before)
             deltas = interval_deltas(
                 current, before, first_snapshot=previous is None, stats_were_reset=stats_were_reset
             )
             stats.append(
                 {
-                    "snapshot_id": snapshot.pk,
                     "query_id": query_id,
+                    "taken_at": reading.taken_at,
+                    "snapshot_id": snapshot.pk,
+                    "database_id": database.pk,
                     "queryid": group.queryid,
                     "interval_seconds": interval,
                     **current,
@@ -348,7 +387,7 @@ def store(database, reading, started):
                 }
             )
         copy_rows(QueryStat, stats)
-        Query.objects.filter(stats__snapshot=snapshot).update(last_seen=reading.taken_at)
+        _keep_baselines(stats, reading.taken_at)
         snapshot.duration_ms = (time.perf_counter() - started) * 1000
         snapshot.save(update_fields=["reset_detected", "duration_ms"])
         database.last_collected_at = reading.taken_at
@@ -368,7 +407,8 @@ def copy_rows(model, rows):
 
     The QueryStat rows of a snapshot are the bulk of collection: for 5,000 of them
     bulk_create spends ~0.3 s building model instances and 100,000 parameters, COPY on the
-    same connection and transaction ~0.03 s. Primary keys come from the table's default.
+    same connection and transaction ~0.03 s. A serial primary key comes from the table's
+    default.
     """
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
     statement = sql.SQL("COPY {table} ({columns}) FROM STDIN").format(
@@ -380,18 +420,23 @@ def copy_rows(model, rows):
             copy.write_row([row[field.attname] for field in fields])
 
 
-def _query_ids(database, groups, seen_at):
-    """{fingerprint: Query id} of `groups`, creating a Query for each new fingerprint.
+def _known_queries(database, groups, seen_at):
+    """{fingerprint: (Query id, its baseline counters or None)} of `groups`, creating a
+    Query for each new fingerprint (no baseline: it counts from zero).
 
     Safe without ON CONFLICT because the caller holds the database's row lock. Fetching
-    all the database's ids is cheaper than filtering on thousands of fingerprints. A Query
-    stored before roles were recorded takes its text and role from one row now: EXPLAIN
-    plans a text as the role that ran that very text.
+    all the database's queries is cheaper than filtering on thousands of fingerprints. A
+    Query stored before roles were recorded takes its text and role from one row now:
+    EXPLAIN plans a text as the role that ran that very text.
     """
-    known = Query.objects.filter(database=database).values_list("fingerprint", "pk", "userid")
-    query_ids, without_role = {}, []
-    for fingerprint, pk, userid in known:
-        query_ids[fingerprint] = pk
+    baseline = [f"last_{name}" for name in DELTA_COUNTERS]
+    rows = Query.objects.filter(database=database).values_list(
+        "fingerprint", "pk", "userid", *baseline
+    )
+    known, without_role = {}, []
+    for fingerprint, pk, userid, *counters in rows:
+        before = None if counters[0] is None else dict(zip(DELTA_COUNTERS, counters))
+        known[fingerprint] = (pk, before)
         group = groups.get(fingerprint)
         if userid is None and group is not None and group.userid is not None:
             without_role.append(Query(pk=pk, text=group.text, userid=group.userid))
@@ -408,20 +453,27 @@ def _query_ids(database, groups, seen_at):
             last_seen=seen_at,
         )
         for fingerprint, group in groups.items()
-        if fingerprint not in query_ids
+        if fingerprint not in known
     )
-    query_ids.update((query.fingerprint, query.pk) for query in created)
-    return query_ids
+    known.update((query.fingerprint, (query.pk, None)) for query in created)
+    return known
 
 
-def _counters_of(snapshot):
-    """{query id: counters used for deltas} of a snapshot; empty for none."""
-    if snapshot is None:
-        return {}
-    return {
-        row[0]: dict(zip(DELTA_COUNTERS, row[1:]))
-        for row in snapshot.stats.values_list("query_id", *DELTA_COUNTERS)
-    }
+def _keep_baselines(stats, seen_at):
+    """The stored rows' counters become their queries' baselines, in one UPDATE."""
+    if not stats:
+        return
+    columns = ["query_id", *DELTA_COUNTERS]
+    arrays = [[row[name] for row in stats] for name in columns]
+    types = ["bigint" if name != "total_exec_time" else "float8" for name in columns]
+    sets = ", ".join(f"last_{name} = moved.{name}" for name in DELTA_COUNTERS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Query._meta.db_table} SET {sets}, last_seen = %s FROM unnest("
+            + ", ".join(f"%s::{kind}[]" for kind in types)
+            + f") AS moved({', '.join(columns)}) WHERE id = moved.query_id",
+            [seen_at, *arrays],
+        )
 
 
 def collect(database):
@@ -454,9 +506,47 @@ def outcome_of(database):
         return _failure(database, f"unexpected {type(error).__name__}", error)
 
 
-def collect_all(name=None):
-    """[(database, Snapshot or CollectionError)] for every enabled database (or the one named)."""
+def outcome_in_own_connection(database):
+    """outcome_of(database) in a worker thread: Django opens the thread a connection of its
+    own, closed here (given back to the pool) so that no finished thread keeps one."""
+    try:
+        return outcome_of(database)
+    finally:
+        connection.close()
+
+
+def enabled_databases(name=None):
+    """The enabled monitored databases (or the one named), by name."""
     databases = MonitoredDatabase.objects.filter(enabled=True).order_by("name")
-    if name is not None:
-        databases = databases.filter(name=name)
-    return [(database, outcome_of(database)) for database in databases]
+    return databases if name is None else databases.filter(name=name)
+
+
+def collect_all(name=None, concurrency=1):
+    """[(database, Snapshot or CollectionError)] for every enabled database (or the one named),
+    by name; with a `concurrency` above 1 that many at once, each in a thread of its own."""
+    databases = list(enabled_databases(name))
+    if concurrency == 1:
+        return [(database, outcome_of(database)) for database in databases]
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(zip(databases, pool.map(outcome_in_own_connection, databases)))
+
+
+def claim_due(period, limit, name=None, exclude=()):
+    """Up to `limit` enabled databases (or the one named) due for collection, claimed by
+    moving their due time on by `period` (a timedelta) in the transaction that locks them:
+    other collectors skip them while locked (SKIP LOCKED) and find them not due after the
+    commit, so no database is collected twice in a period. Due times follow the app
+    database's clock, which collectors on several machines share. `exclude`: ids this
+    collector is still collecting (a hung target outlasting its period)."""
+    with transaction.atomic():
+        claimed = list(
+            enabled_databases(name)
+            .filter(Q(next_collection_at__isnull=True) | Q(next_collection_at__lte=Now()))
+            .exclude(pk__in=exclude)
+            .order_by(F("next_collection_at").asc(nulls_first=True), "name")
+            .select_for_update(skip_locked=True)[:limit]
+        )
+        MonitoredDatabase.objects.filter(pk__in=[database.pk for database in claimed]).update(
+            next_collection_at=Now() + period, collection_period=period
+        )
+    return claimed

@@ -1,12 +1,17 @@
 """What collection stores: monitored databases, their snapshots, and per-query statistics.
 
 A `Query` is one fingerprint on one monitored database (several pg_stat_statements rows,
-for other users or query ids, can share it). A `Snapshot` is one read of
-pg_stat_statements; its `QueryStat` rows hold the server's cumulative counters and the
-interval deltas against the previous snapshot, computed once at collection so the pages
-read them without recomputing. Foreign keys carry no index of their own: each is the first
-column of a composite index or unique constraint that serves the same lookups, and every
-index less makes the bulk insert of a snapshot cheaper.
+for other users or query ids, can share it); it keeps the counters it had when it last
+moved, the baseline of its next delta. A `Snapshot` is one read of pg_stat_statements; its
+`QueryStat` rows, one per statement that moved since the previous snapshot, hold the
+server's cumulative counters and the interval deltas, computed once at collection so the
+pages read them without recomputing. QueryStat is partitioned by day (pganalytics.history)
+and kept for RAW_RETENTION; `HourlyStat` and `DailyStat` hold the same deltas summed per
+hour and per day, for longer. Foreign keys carry no index of their own: each is the first
+column of a composite index or key that serves the same lookups, and every index less makes
+the bulk insert of a snapshot cheaper; those of the history tables carry no constraint
+either (their writers are ours, deletions cascade through Django, and a check per row would
+cost their bulk inserts the most).
 """
 
 from django.db import models
@@ -34,6 +39,18 @@ class MonitoredDatabase(models.Model):
         blank=True,
         help_text="The DSN's role was a superuser at the last collection (null: not known yet). "
         "A monitoring role needs pg_monitor, not superuser.",
+    )
+    next_collection_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When `collect --every` is next due to collect it; a collector claims "
+        "it by moving this on by its period (null: due now).",
+    )
+    collection_period = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="The period of the `collect --every` that last claimed it (null: none "
+        "yet): a collection older than that is overdue.",
     )
 
     class Meta:
@@ -65,7 +82,13 @@ class Query(models.Model):
         "EXPLAIN plans the text as that role, never with more privilege.",
     )
     first_seen = models.DateTimeField()
-    last_seen = models.DateTimeField()
+    last_seen = models.DateTimeField(help_text="The last snapshot in which it moved.")
+    # Its cumulative counters when it last moved (or was first seen): the next delta's baseline.
+    last_calls = models.BigIntegerField(null=True, blank=True)
+    last_total_exec_time = models.FloatField(null=True, blank=True)
+    last_rows = models.BigIntegerField(null=True, blank=True)
+    last_shared_blks_hit = models.BigIntegerField(null=True, blank=True)
+    last_shared_blks_read = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "queries"
@@ -100,6 +123,24 @@ class Snapshot(models.Model):
         default="",
         help_text="What the collection could not see, and how to fix it (it still succeeded).",
     )
+    dealloc = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="pg_stat_statements_info.dealloc: times the server evicted entries (the "
+        "least-used 5 % each time) since its statistics were reset (null: not known).",
+    )
+    evicted = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Times the server evicted entries since the previous snapshot (null: "
+        "first snapshot, or not known): the interval's figures may be incomplete.",
+    )
+    statements_max = models.IntegerField(
+        null=True,
+        blank=True,
+        help_text="pg_stat_statements.max on the server (null: not known): the setting "
+        "to raise when entries are evicted.",
+    )
 
     class Meta:
         get_latest_by = "taken_at"
@@ -109,17 +150,29 @@ class Snapshot(models.Model):
         return f"{self.database.name} @ {timestamp(self.taken_at)}"
 
 
+def history_key(to, related_name="+"):
+    """A foreign key of the history tables: no index of its own, no constraint."""
+    return models.ForeignKey(
+        to, on_delete=models.CASCADE, related_name=related_name, db_index=False,
+        db_constraint=False,
+    )
+
+
 class QueryStat(models.Model):
-    """Cumulative counters of one query at one snapshot, and its deltas over the interval.
+    """Cumulative counters of one query at one snapshot in which it moved, and its deltas
+    over the interval (since the database's previous snapshot: it did not move before).
 
     Times are in milliseconds as PostgreSQL reports them. The delta fields are null for a
-    database's first snapshot (nothing to compare with); never negative.
+    database's first snapshot (nothing to compare with); never negative. `taken_at` and
+    `database` repeat the snapshot's: the table is partitioned by `taken_at`, and the pages
+    read a database's window without a join.
     """
 
-    snapshot = models.ForeignKey(
-        Snapshot, on_delete=models.CASCADE, related_name="stats", db_index=False
-    )
-    query = models.ForeignKey(Query, on_delete=models.CASCADE, related_name="stats", db_index=False)
+    pk = models.CompositePrimaryKey("query", "taken_at")
+    query = history_key(Query, "stats")
+    taken_at = models.DateTimeField()
+    snapshot = history_key(Snapshot, "stats")
+    database = history_key(MonitoredDatabase)
     queryid = models.BigIntegerField(
         null=True,
         blank=True,
@@ -147,15 +200,55 @@ class QueryStat(models.Model):
     delta_shared_blks_read = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["snapshot", "query"], name="querystat_unique_query")
-        ]
         indexes = [
-            models.Index(fields=["query", "snapshot"], name="querystat_query_snapshot"),
-            models.Index(
-                fields=["snapshot", "delta_total_exec_time"], name="querystat_snapshot_total"
-            ),
+            models.Index(fields=["database", "taken_at"], name="querystat_database_taken"),
+            models.Index(fields=["snapshot"], name="querystat_snapshot"),
         ]
 
     def __str__(self):
-        return f"{self.query.fingerprint} @ {self.snapshot_id}"
+        return f"{self.query.fingerprint} @ {timestamp(self.taken_at)}"
+
+
+class Rollup(models.Model):
+    """The interval deltas of one query summed over one bucket (an hour or a day, UTC): an
+    interval belongs to the bucket its snapshot was taken in, so a window of whole buckets
+    sums the same from the raw intervals or from their rollups."""
+
+    query = history_key(Query)
+    bucket = models.DateTimeField(help_text="Start of the hour or day.")
+    database = history_key(MonitoredDatabase)
+    intervals = models.IntegerField(help_text="Raw intervals summed (those in which it moved).")
+    calls = models.BigIntegerField()
+    total_exec_time = models.FloatField()
+    rows = models.BigIntegerField()
+    shared_blks_hit = models.BigIntegerField()
+    shared_blks_read = models.BigIntegerField()
+
+    class Meta:
+        abstract = True
+
+
+class HourlyStat(Rollup):
+    """Per hour, kept HOURLY_RETENTION; partitioned by day like QueryStat."""
+
+    pk = models.CompositePrimaryKey("query", "bucket")
+
+    class Meta:
+        indexes = [models.Index(fields=["database", "bucket"], name="hourlystat_database_bucket")]
+
+
+class DailyStat(Rollup):
+    """Per day, kept DAILY_RETENTION."""
+
+    pk = models.CompositePrimaryKey("query", "bucket")
+
+    class Meta:
+        indexes = [models.Index(fields=["database", "bucket"], name="dailystat_database_bucket")]
+
+
+class RollupState(models.Model):
+    """How far the rollups are made, for all databases: hours before `hourly_to` and days
+    before `daily_to` are summed. One row, locked by the compaction that moves it."""
+
+    hourly_to = models.DateTimeField(null=True, blank=True)
+    daily_to = models.DateTimeField(null=True, blank=True)

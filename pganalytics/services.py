@@ -8,26 +8,31 @@ which depend only on the statement text, keep theirs.
 
 import re
 from collections import defaultdict
+from copy import copy
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import caches
-from django.db.models import Count, F, FloatField, Max, OuterRef, Subquery, Sum
-from django.db.models.functions import Cast, NullIf
+from django.db import connection
+from django.db.models import Count, Max, OuterRef, Subquery, Sum
 from django.http import Http404
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
-from pganalytics import anomalies, explain, features
+from pganalytics import anomalies, explain, features, history
 from pganalytics.config import parse_period
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 
-ORDERINGS = {"total": "-total_ms", "mean": "-mean_ms", "calls": "-calls"}
+ORDER_COLUMNS = {"total": "total_ms", "mean": "mean_ms", "calls": "t.calls"}
+ORDERINGS = tuple(ORDER_COLUMNS)
 DEFAULT_ORDER = "total"
 DEFAULT_WINDOW_TEXT = "24h"
 WINDOW_CHOICES = ("1h", "6h", "24h", "7d")
+HISTORY_WINDOWS = ("24h", "7d", "30d", "365d")  # the query page's; by default its recent intervals
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_WINDOW = timedelta(days=3660)
+OVERDUE_PERIODS = 2  # a database not collected for this many of its periods is overdue
 FINGERPRINT_FORMAT = re.compile(r"[0-9a-f]{16}|x[0-9a-f]{15}")  # pglast's, or the fallback
 PREDICTION_PLACEHOLDER = {
     "status": "unavailable",
@@ -69,17 +74,27 @@ def parse_order(text):
     return text
 
 
+def one_value(params, name, default):
+    """The value of `name` in a request's query parameters (a QueryDict), `default` where
+    absent; a parameter given twice is refused rather than one spelling picked."""
+    given = params.getlist(name)
+    if len(given) > 1:
+        raise BadRequest(f"{name}: given {len(given)} times, expected once")
+    return given[0] if given else default
+
+
 def top_query_params(params):
-    """{"window", "order"} for top_queries() from a request's query parameters (a QueryDict),
-    defaults where absent; a parameter given twice is refused rather than one spelling picked."""
-    for name in ("window", "order"):
-        given = params.getlist(name)
-        if len(given) > 1:
-            raise BadRequest(f"{name}: given {len(given)} times, expected once")
+    """{"window", "order"} for top_queries() from a request's query parameters."""
     return {
-        "window": parse_window(params.get("window", DEFAULT_WINDOW_TEXT)),
-        "order": parse_order(params.get("order", DEFAULT_ORDER)),
+        "window": parse_window(one_value(params, "window", DEFAULT_WINDOW_TEXT)),
+        "order": parse_order(one_value(params, "order", DEFAULT_ORDER)),
     }
+
+
+def query_detail_params(params):
+    """{"window"} for query_detail(): None (the recent intervals) unless given."""
+    window = one_value(params, "window", None)
+    return {"window": None if window is None else parse_window(window)}
 
 
 def found_or_404(queryset, message):
@@ -100,23 +115,70 @@ def database_or_404(database_id):
 def databases():
     newest = Snapshot.objects.filter(database=OuterRef("pk")).order_by("-taken_at", "-pk")
     return MonitoredDatabase.objects.annotate(
-        snapshot_count=Count("snapshots"), warning=Subquery(newest.values("warning")[:1])
+        snapshot_count=Count("snapshots"),
+        warning=Subquery(newest.values("warning")[:1]),
+        evicted=Subquery(newest.values("evicted")[:1]),
+        statements_max=Subquery(newest.values("statements_max")[:1]),
     ).order_by("name")
 
 
-def database_summary(database):
-    """What the database list shows of one database (`database` from databases())."""
+def database_summary(database, user):
+    """What the database list shows `user` of one database (`database` from databases()):
+    its DSN, masked, to staff only (host, port and role are theirs to know, not viewers')."""
+    lag_seconds, overdue = collection_lag(database, timezone.now())
     return {
         "id": database.id,
         "name": database.name,
         "enabled": database.enabled,
-        "dsn": database.masked_dsn,
+        "dsn": database.masked_dsn if user.is_staff else None,
         "snapshots": database.snapshot_count,
         "last_collected_at": database.last_collected_at,
         "last_error": database.last_error,
         "warning": database.warning or "",  # what the newest snapshot could not see
         "connects_as_superuser": database.connects_as_superuser,
+        "lag_seconds": lag_seconds,
+        "overdue": overdue,
+        "evictions": eviction_report(
+            database.evicted, database.statements_max, "in the last interval"
+        ),
     }
+
+
+def collection_lag(database, now):
+    """Seconds since the last successful collection (None: never), and whether it is overdue:
+    not collected for OVERDUE_PERIODS periods of the `collect --every` that claims it (None:
+    disabled, or no such collector yet). The answer moves with the clock: never cached."""
+    collected = database.last_collected_at
+    lag_seconds = (now - collected).total_seconds() if collected else None
+    if not database.enabled or database.collection_period is None:
+        return lag_seconds, None
+    waited = now - (collected or database.created_at)
+    return lag_seconds, waited > OVERDUE_PERIODS * database.collection_period
+
+
+def eviction_report(evicted, statements_max, when):
+    """JSON-ready: how many times pg_stat_statements evicted entries `when` (None: not
+    known), its current max, and the `warning` the pages show ("" for none): evicted
+    statements' calls are missing from the figures until they come back."""
+    warning = ""
+    if evicted:
+        setting = "raise pg_stat_statements.max"
+        if statements_max:
+            setting += f", now {statements_max}"
+        warning = (
+            f"pg_stat_statements evicted its least-used entries {evicted} "
+            f"time{pluralize(evicted)} {when}; figures may be incomplete: {setting}"
+        )
+    return {"evicted": evicted, "statements_max": statements_max, "warning": warning}
+
+
+def evictions(database, since):
+    """eviction_report() of the intervals of `database` that end at `since` or later: those a
+    top-queries window sums."""
+    snapshots = Snapshot.objects.filter(database=database, taken_at__gte=since)
+    evicted = snapshots.aggregate(evicted=Sum("evicted"))["evicted"]
+    newest = database.snapshots.order_by("-taken_at", "-pk").first()
+    return eviction_report(evicted, newest and newest.statements_max, "in this window")
 
 
 def hit_ratio(hit, read):
@@ -138,55 +200,87 @@ class TopQuery:
 
 
 def top_queries(database, *, window=DEFAULT_WINDOW, order="total", limit=50):
-    """Queries ranked by the sum of their interval deltas over the last `window`."""
-    since = timezone.now() - window
-    rows = (
-        QueryStat.objects.filter(
-            snapshot__database=database, snapshot__taken_at__gte=since, delta_calls__isnull=False
+    """Queries ranked by the sum of their interval deltas over the last `window`, from the
+    resolution that fits it (history.span: a long window starts at a day boundary)."""
+    totals, params = history.window_totals(database.id, history.span(window))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT q.fingerprint, q.text, t.calls, t.total_exec_time AS total_ms,"
+            " t.total_exec_time / t.calls AS mean_ms, t.rows, t.shared_blks_hit,"
+            " t.shared_blks_read"
+            f" FROM ({totals}) t JOIN {Query._meta.db_table} q ON q.id = t.query_id"
+            f" WHERE t.calls > 0 ORDER BY {ORDER_COLUMNS[order]} DESC, q.fingerprint LIMIT %s",
+            [*params, limit],
         )
-        .values("query__fingerprint", "query__text")
-        .annotate(
-            calls=Sum("delta_calls"),
-            total_ms=Sum("delta_total_exec_time"),
-            rows=Sum("delta_rows"),
-            blocks_hit=Sum("delta_shared_blks_hit"),
-            blocks_read=Sum("delta_shared_blks_read"),
-        )
-        .filter(calls__gt=0)
-        .annotate(mean_ms=F("total_ms") / Cast(NullIf(F("calls"), 0), FloatField()))
-        .order_by(ORDERINGS[order], "query__fingerprint")[:limit]
-    )
+        rows = cursor.fetchall()
     return [
         TopQuery(
-            fingerprint=row["query__fingerprint"],
-            text=row["query__text"],
-            calls=row["calls"],
-            total_ms=row["total_ms"],
-            mean_ms=row["mean_ms"],
-            rows=row["rows"],
-            blocks_hit=row["blocks_hit"],
-            blocks_read=row["blocks_read"],
-            hit_ratio=hit_ratio(row["blocks_hit"], row["blocks_read"]),
+            fingerprint=fingerprint,
+            text=text,
+            calls=calls,
+            total_ms=total_ms,
+            mean_ms=mean_ms,
+            rows=returned,
+            blocks_hit=blocks_hit,
+            blocks_read=blocks_read,
+            hit_ratio=hit_ratio(blocks_hit, blocks_read),
         )
-        for row in rows
+        for fingerprint, text, calls, total_ms, mean_ms, returned, blocks_hit, blocks_read in rows
     ]
 
 
-def history(query, limit=200):
-    """The query's interval stats, oldest first, with their snapshot times."""
-    stats = (
-        QueryStat.objects.filter(query=query, delta_calls__isnull=False)
-        .select_related("snapshot")
-        .order_by("-snapshot__taken_at")[:limit]
-    )
-    return list(reversed(stats))
+def recent_snapshots(database):
+    """The database's last ANOMALY_WINDOW + 2 snapshots, oldest first: the newest
+    ANOMALY_WINDOW + 1 are the intervals every anomaly verdict on it is judged over, from the
+    query page or from the list alike (they share one cache key, so they must share the
+    input); the oldest gives the first of them its length."""
+    newest_first = Snapshot.objects.filter(database=database).order_by("-taken_at")
+    return list(reversed(newest_first[: settings.ANOMALY_WINDOW + 2]))
+
+
+def intervals_of(query, snapshots):
+    """The query's intervals over `snapshots` (recent_snapshots()), oldest first: its stored
+    rows, and for each snapshot since it was first seen in which it did not move, an idle
+    interval (no calls; its cumulative counters those of its last stored row), as every
+    snapshot stored them before only what moved was stored."""
+    if len(snapshots) < 2:
+        return []
+    start = snapshots[1].taken_at
+    stored = {
+        stat.snapshot_id: stat
+        for stat in QueryStat.objects.filter(
+            query=query, taken_at__gte=start, delta_calls__isnull=False
+        )
+    }
+    last = QueryStat.objects.filter(query=query, taken_at__lt=start).order_by("-taken_at").first()
+    intervals = []
+    for before, snapshot in zip(snapshots, snapshots[1:]):
+        stat = stored.get(snapshot.pk)
+        if stat is None and snapshot.taken_at >= query.first_seen:
+            stat = idle_interval(last, query, snapshot, before)
+        if stat is not None:
+            stat.snapshot = snapshot
+            intervals.append(stat)
+            last = stat
+    return intervals
+
+
+def idle_interval(last, query, snapshot, before):
+    """A QueryStat for `snapshot` in which `query` did not run (not stored)."""
+    idle = copy(last) if last is not None else QueryStat(query=query, stddev_exec_time=0.0)
+    idle.taken_at = snapshot.taken_at
+    idle.interval_seconds = (snapshot.taken_at - before.taken_at).total_seconds()
+    for name in history.DELTAS + ("mean_exec_time",):
+        setattr(idle, f"delta_{name}", 0.0 if "time" in name else 0)
+    return idle
 
 
 def history_points(stats):
-    """JSON-ready rows of interval stats (QueryStat with its snapshot), oldest first."""
+    """JSON-ready rows of interval stats (QueryStat with its snapshot), oldest first;
+    `evicted`: pg_stat_statements evicted entries in that interval (its figures may be short)."""
     return [
         {
-            "taken_at": stat.snapshot.taken_at,
+            "taken_at": stat.taken_at,
             "interval_seconds": stat.interval_seconds,
             "calls": stat.delta_calls,
             "calls_per_minute": calls_per_minute(stat),
@@ -194,8 +288,29 @@ def history_points(stats):
             "mean_ms": stat.delta_mean_exec_time if stat.delta_calls else None,
             "rows": stat.delta_rows,
             "hit_ratio": hit_ratio(stat.delta_shared_blks_hit, stat.delta_shared_blks_read),
+            "evicted": stat.snapshot.evicted,
         }
         for stat in stats
+    ]
+
+
+def window_points(query, window):
+    """history_points() of the query over the last `window`, at the span's resolution."""
+    return [
+        {
+            "taken_at": start,
+            "interval_seconds": seconds,
+            "calls": calls,
+            "calls_per_minute": calls * 60.0 / seconds if seconds else None,
+            "total_ms": total_ms,
+            "mean_ms": total_ms / calls if calls else None,
+            "rows": rows,
+            "hit_ratio": hit_ratio(hit, read),
+            "evicted": None,
+        }
+        for start, seconds, calls, total_ms, rows, hit, read in history.series(
+            query.id, history.span(window, chart=True)
+        )
     ]
 
 
@@ -205,7 +320,7 @@ def calls_per_minute(stat):
 
 def anomaly_point(stat):
     return anomalies.Point(
-        taken_at=stat.snapshot.taken_at,
+        taken_at=stat.taken_at,
         mean_ms=stat.delta_mean_exec_time if stat.delta_calls else None,
         calls_per_minute=calls_per_minute(stat),
     )
@@ -258,11 +373,12 @@ def assessment_of(assessment):
     }
 
 
-def query_detail(database, fingerprint):
+def query_detail(database, fingerprint, window=None):
     """Everything known about one query of one database; Http404 for an unknown fingerprint.
 
-    Features, anomalies and the plan are cached under the database's data version: a new
-    snapshot changes them all.
+    The history is the recent intervals the anomalies are judged over, or with `window` the
+    last `window` at the resolution that fits it (history.span). Features, anomalies and the
+    plan are cached under the database's data version: a new snapshot changes them all.
     """
     if not FINGERPRINT_FORMAT.fullmatch(fingerprint):
         raise Http404(f"{fingerprint!r} is not a fingerprint")
@@ -271,18 +387,16 @@ def query_detail(database, fingerprint):
         f"query {fingerprint} not found in database {database.id}",
     )
     version = data_version(database.id)
-    stats = history(query, limit=settings.ANOMALY_WINDOW + 1)
+    snapshots = recent_snapshots(database)
+    stats = intervals_of(query, snapshots)
     plan = plan_of(database, query, version)
     latest = interval_stats(stats[-1]) if stats else None
     # Features depend on the plan too: one that failed this time must not stick for the version.
     query_features = features.extract(
         query.text, latest, plan.get("raw"), version=f"{version}.{plan['status']}"
     )
-    recent = set(recent_snapshot_ids(database))
     assessment = anomalies.cached_assess(
-        database.id, fingerprint,
-        lambda: [anomaly_point(stat) for stat in stats if stat.snapshot_id in recent],
-        version=version,
+        database.id, fingerprint, lambda: [anomaly_point(stat) for stat in stats], version=version
     )
     return {
         "database": {"id": database.id, "name": database.name},
@@ -292,7 +406,8 @@ def query_detail(database, fingerprint):
         "parsed": query.parsed,
         "first_seen": query.first_seen,
         "last_seen": query.last_seen,
-        "history": history_points(stats),
+        "history": history_points(stats) if window is None else window_points(query, window),
+        "resolution": "raw" if window is None else history.span(window, chart=True).resolution,
         "features": query_features,
         "plan": plan,
         "anomalies": assessment_of(assessment),
@@ -300,32 +415,23 @@ def query_detail(database, fingerprint):
     }
 
 
-def recent_snapshot_ids(database):
-    """The database's last ANOMALY_WINDOW + 1 snapshot ids, newest first: the history every
-    anomaly verdict on it is judged over, from the query page or from the list alike (they
-    share one cache key, so they must share the input)."""
-    return list(
-        Snapshot.objects.filter(database=database)
-        .order_by("-taken_at")
-        .values_list("id", flat=True)[: settings.ANOMALY_WINDOW + 1]
-    )
-
-
 def recent_points(database):
-    """{Query: [Point]} over recent_snapshot_ids(), in one read, for the queries of the
-    newest snapshot (a query no longer seen has no current anomaly)."""
-    snapshot_ids = recent_snapshot_ids(database)
+    """{Query: [Point]} over recent_snapshots(), in one read, for the queries that ran in them
+    (one that did not has no current anomaly)."""
+    snapshots = recent_snapshots(database)[1:]
     stats = (
-        QueryStat.objects.filter(snapshot_id__in=snapshot_ids, delta_calls__isnull=False)
-        .select_related("snapshot", "query")
-        .order_by("snapshot__taken_at")
+        QueryStat.objects.filter(
+            database=database,
+            taken_at__gte=snapshots[0].taken_at if snapshots else timezone.now(),
+            delta_calls__isnull=False,
+        )
+        .select_related("query")
+        .order_by("taken_at")
     )
-    points, current = defaultdict(list), set()
+    points = defaultdict(list)
     for stat in stats:
         points[stat.query].append(anomaly_point(stat))
-        if stat.snapshot_id == snapshot_ids[0]:
-            current.add(stat.query)
-    return {query: points[query] for query in current}
+    return points
 
 
 def database_anomalies(database):

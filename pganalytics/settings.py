@@ -4,6 +4,7 @@ The defaults run on one machine. A bad value raises ConfigError naming the varia
 manage.py and wsgi.py turn that into one line on stderr.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 from caching.config import named_caches
@@ -25,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.humanize",
     "django_prometheus",
     "caching",
     "pganalytics",
@@ -124,6 +126,11 @@ CIRCUIT_RESET_TIMEOUT = config.period("CIRCUIT_RESET_TIMEOUT", "30s")
 EXPLAIN_STATEMENT_TIMEOUT = config.period("EXPLAIN_STATEMENT_TIMEOUT", "2s")
 ANOMALY_WINDOW = config.integer("ANOMALY_WINDOW", 48, minimum=1)  # intervals in the baseline
 ANOMALY_MIN_POINTS = config.integer("ANOMALY_MIN_POINTS", 8, minimum=1)  # needed for a verdict
+
+# --- history (pganalytics/history.py) ---------------------------------------------------
+RAW_RETENTION = timedelta(seconds=config.period("RAW_RETENTION", "2d"))
+HOURLY_RETENTION = timedelta(seconds=config.period("HOURLY_RETENTION", "30d"))
+DAILY_RETENTION = timedelta(seconds=config.period("DAILY_RETENTION", "365d"))
 
 # --- the rest ---------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,6 +1,7 @@
 """The HTML pages: the same answers as the API, rendered; readable without JavaScript."""
 
 from django.shortcuts import render
+from django.utils import timezone
 
 from pganalytics import services
 from pganalytics.access import analytics_page
@@ -9,7 +10,7 @@ from pganalytics.charts import line_chart
 
 @analytics_page
 def databases(request):
-    rows = [services.database_summary(database) for database in services.databases()]
+    rows = [services.database_summary(each, request.user) for each in services.databases()]
     return render(request, "pganalytics/databases.html", {"databases": rows})
 
 
@@ -27,6 +28,7 @@ def top_queries(request, database_id):
         "order": params["order"],
         "orders": list(services.ORDERINGS),
         "queries": services.top_queries(database, **params),
+        "evictions": services.evictions(database, timezone.now() - params["window"]),
     }
     return render(request, "pganalytics/top_queries.html", context)
 
@@ -34,9 +36,19 @@ def top_queries(request, database_id):
 @analytics_page
 def query_detail(request, database_id, fingerprint):
     database = services.database_or_404(database_id)
-    detail = services.query_detail(database, fingerprint)
+    try:
+        params = services.query_detail_params(request.GET)
+    except services.BadRequest as error:
+        return render(request, "pganalytics/bad_request.html", {"error": error}, status=400)
+    detail = services.query_detail(database, fingerprint, **params)
     points = [(point["taken_at"], point["mean_ms"]) for point in detail["history"]]
-    context = {"database": database, "detail": detail, "chart": line_chart(points)}
+    context = {
+        "database": database,
+        "detail": detail,
+        "chart": line_chart(points),
+        "window": request.GET.get("window", ""),
+        "windows": services.HISTORY_WINDOWS,
+    }
     return render(request, "pganalytics/query_detail.html", context)
 
 

@@ -1,6 +1,8 @@
 """Shared fixtures: the suite runs against the real PostgreSQL brought up by scripts/setup."""
 
 import os
+import socket
+import threading
 from urllib.parse import quote
 
 import psycopg
@@ -116,3 +118,34 @@ def make_role(target_name):
             name = sql.Identifier(role)
             connection.execute(sql.SQL("DROP OWNED BY {}").format(name))
             connection.execute(sql.SQL("DROP ROLE {}").format(name))
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers: a hung target.
+    `accepted`: the connections; `close()` drops them all."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                self.accepted.append(self.listener.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        self.listener.close()
+        for connection in self.accepted:
+            connection.close()
+
+
+@pytest.fixture
+def silent_server():
+    """A SilentServer, closed after the test."""
+    server = SilentServer()
+    yield server
+    server.close()

@@ -30,8 +30,10 @@ def test_bench_collect_times_collections_of_the_generated_statements():
     finally:
         drop_database(scratch)
 
-    runs = re.findall(r"^run \d: (\d+) rows -> (\d+) queries in [\d.]+ s", out.getvalue(), re.M)
+    runs = re.findall(
+        r"^run \d: (\d+) rows read, (\d+) moved and stored in [\d.]+ s", out.getvalue(), re.M
+    )
     assert len(runs) == 2
-    assert all(int(rows) >= 40 and int(queries) >= 40 for rows, queries in runs)
+    assert all(int(rows) >= 40 and int(stored) >= 40 for rows, stored in runs)
     assert "steady state (runs 2-2): median" in out.getvalue()
     assert not MonitoredDatabase.objects.exists() and not Query.objects.exists()

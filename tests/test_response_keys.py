@@ -33,8 +33,8 @@ def test_unknown_parameters_add_no_entries(viewer_client, queries_url):
     url = queries_url + "?order=calls"
     assert x_cache(viewer_client, url) == "miss"
     assert [x_cache(viewer_client, f"{url}&junk{n}={n}") for n in range(50)] == ["hit"] * 50
-    assert x_cache(viewer_client, "/api/v1/databases/") == "miss"
-    assert x_cache(viewer_client, "/api/v1/databases/?page=2&window=junk") == "hit"
+    assert x_cache(viewer_client, "/api/v1/anomalies/") == "miss"
+    assert x_cache(viewer_client, "/api/v1/anomalies/?page=2&window=junk") == "hit"
     assert entries() == 2
 
 

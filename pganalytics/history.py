@@ -1,0 +1,348 @@
+"""History that stays small and fast: day partitions, hourly and daily rollups, retention.
+
+Raw intervals (QueryStat) live in one partition per UTC day, made ahead by `compact` (and by
+a collection that finds its day missing), and are kept RAW_RETENTION. `compact` sums them
+into HourlyStat (also day-partitioned, kept HOURLY_RETENTION) and those into DailyStat (kept
+DAILY_RETENTION): an interval belongs to the hour and the day its snapshot was taken in, so a
+window of whole hours or days sums the same from any resolution. Retention drops whole
+partitions, never deleting raw rows one by one, and never what is not rolled up yet.
+
+Rollups are remade from their source for whole buckets (idempotent), up to a watermark
+(RollupState) that one compaction at a time moves (an advisory lock: another does nothing).
+Collections read the watermark under a share lock and refuse a reading older than it
+(pganalytics.collector), while the compaction moving it holds it exclusively: no interval
+lands in an hour already summed. Only hours that ended ROLLUP_GRACE ago are summed, so that
+a reading in flight is not refused.
+"""
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from psycopg import sql
+
+from pganalytics.models import DailyStat, HourlyStat, QueryStat, RollupState, Snapshot
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+ROLLUP_GRACE = timedelta(minutes=10)
+COMPACTION_LOCK = 0x7067612D68697374  # advisory lock key: "pga-hist"
+PARTITIONS_AHEAD = 3  # days made in advance, so collections never wait on DDL
+PARTITIONED = (QueryStat, HourlyStat)
+DELTAS = ("calls", "total_exec_time", "rows", "shared_blks_hit", "shared_blks_read")
+
+
+def floor_hour(moment):
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def floor_day(moment):
+    return floor_hour(moment.astimezone(UTC)).replace(hour=0)
+
+
+def partition_name(table, day):
+    return f"{table}_p{day:%Y%m%d}"
+
+
+def ensure_partition(model, moment):
+    """Make the day partition of `model`'s table that holds `moment`, if it is missing (a
+    look at the catalog, no lock on the table, when it is there). Makers of one partition
+    take turns (an advisory lock on its name): CREATE ... IF NOT EXISTS alone is not safe
+    against a concurrent one."""
+    table, day = model._meta.db_table, floor_day(moment)
+    name = partition_name(table, day)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+        if cursor.fetchone()[0]:
+            return
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [name])
+        cursor.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})"
+            ).format(
+                sql.Identifier(name), sql.Identifier(table), sql.Literal(day), sql.Literal(day + DAY)
+            )
+        )
+
+
+def partitions(model):
+    """{day: partition name} of `model`'s table, from the catalog."""
+    table = model._meta.db_table
+    ours = re.compile(re.escape(table) + r"_p(\d{8})")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = %s::regclass",
+            [table],
+        )
+        found = [ours.fullmatch(name) for (name,) in cursor.fetchall()]
+    return {
+        datetime.strptime(match[1], "%Y%m%d").replace(tzinfo=UTC): match[0]
+        for match in found if match
+    }
+
+
+def drop_partitions_before(model, cutoff):
+    """Drop `model`'s day partitions that end at or before `cutoff`; their days, oldest first.
+
+    Each drop is its own short transaction: it locks the parent table."""
+    dropped = []
+    for day, name in sorted(partitions(model).items()):
+        if day + DAY > cutoff:
+            break
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+        dropped.append(day)
+    return dropped
+
+
+@dataclass(frozen=True)
+class Span:
+    """How a window is answered: [start, head_until) from the raw intervals, then
+    [head_until, daily_until) from DailyStat, [daily_until, hourly_until) from HourlyStat, and
+    the rest (to now) from the raw intervals again."""
+
+    start: datetime
+    head_until: datetime
+    daily_until: datetime
+    hourly_until: datetime
+    resolution: str  # "raw", "hourly" or "daily": what a chart of it draws
+
+
+def span(window, now=None, *, chart=False):
+    """The Span of the last `window`.
+
+    Totals read the fewest rows that give them exactly: up to RAW_RETENTION, the window as
+    is, its whole hours from the hourly rollups and its ragged ends raw; beyond, from the day
+    the window starts in, days (a month: 30 rows a statement). A `chart` draws raw intervals
+    up to RAW_RETENTION, hours up to HOURLY_RETENTION (from the hour it starts in), days
+    beyond. What the rollups do not hold yet comes from the finer tables.
+    """
+    now = now or timezone.now()
+    since = now - window
+    if chart and window <= settings.RAW_RETENTION:
+        return Span(since, since, since, since, "raw")
+    state = RollupState.objects.filter(pk=1).first() or RollupState()
+    if window <= settings.RAW_RETENTION:
+        head_until = min(floor_hour(since) + HOUR, now)
+        hourly_until = max(head_until, state.hourly_to or head_until)
+        return Span(since, head_until, head_until, hourly_until, "raw")
+    if chart and window <= settings.HOURLY_RETENTION:
+        start = floor_hour(since)
+        return Span(start, start, start, max(start, state.hourly_to or start), "hourly")
+    start = floor_day(since)
+    daily_until = max(start, state.daily_to or start)
+    hourly_until = max(daily_until, state.hourly_to or daily_until)
+    return Span(start, start, daily_until, hourly_until, "daily")
+
+
+def _tiers(key, value, span, raw_columns, rollup_columns):
+    """(SQL, parameters) of the rows with `key` = `value` of each table for its part of
+    `span`, as `raw_columns` of QueryStat and `rollup_columns` of the rollups."""
+    text = (
+        f"SELECT {raw_columns} FROM {QueryStat._meta.db_table}"
+        f" WHERE {key} = %s AND delta_calls IS NOT NULL"
+        " AND (taken_at >= %s AND taken_at < %s OR taken_at >= %s)"
+        f" UNION ALL SELECT {rollup_columns} FROM {DailyStat._meta.db_table}"
+        f" WHERE {key} = %s AND bucket >= %s AND bucket < %s"
+        f" UNION ALL SELECT {rollup_columns} FROM {HourlyStat._meta.db_table}"
+        f" WHERE {key} = %s AND bucket >= %s AND bucket < %s"
+    )
+    params = [
+        value, span.start, span.head_until, span.hourly_until,
+        value, span.head_until, span.daily_until,
+        value, span.daily_until, span.hourly_until,
+    ]
+    return text, params
+
+
+def _sums():
+    """The DELTAS summed, as columns of their names (counts as bigint, not numeric)."""
+    return ", ".join(
+        f"sum({name})" + ("" if name == "total_exec_time" else "::bigint") + f" AS {name}"
+        for name in DELTAS
+    )
+
+
+def window_totals(database_id, span):
+    """(SQL, parameters) of the summed deltas per query of `database_id` over `span`:
+    columns query_id and DELTAS."""
+    tiers, params = _tiers(
+        "database_id", database_id, span,
+        "query_id, " + ", ".join(f"delta_{name} AS {name}" for name in DELTAS),
+        "query_id, " + ", ".join(DELTAS),
+    )
+    return f"SELECT query_id, {_sums()} FROM ({tiers}) AS intervals GROUP BY query_id", params
+
+
+SERIES_UNITS = {"raw": None, "hourly": "hour", "daily": "day"}
+
+
+def series(query_id, span):
+    """[(start, seconds, calls, total_ms, rows, blocks hit, blocks read)] of one query over
+    `span`, oldest first: one point per raw interval (`start` is then its end) for a raw span,
+    else per hour or per day (the span's resolution), the finer tables summed into those."""
+    unit = SERIES_UNITS[span.resolution]
+    if unit is None:
+        raw_time, rollup_time, length = "taken_at", "bucket", "max(seconds)"
+    else:
+        raw_time, rollup_time = (f"date_trunc('{unit}', {time}, 'UTC')" for time in
+                                 ("taken_at", "bucket"))
+        length = f"extract(epoch FROM interval '1 {unit}')::float8"
+    tiers, params = _tiers(
+        "query_id", query_id, span,
+        f"{raw_time} AS start, interval_seconds AS seconds, "
+        + ", ".join(f"delta_{name} AS {name}" for name in DELTAS),
+        f"{rollup_time}, NULL, " + ", ".join(DELTAS),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT start, {length}, {_sums()} FROM ({tiers}) AS intervals"
+            " GROUP BY start ORDER BY start",
+            params,
+        )
+        return cursor.fetchall()
+
+
+@dataclass
+class Compaction:
+    """What one `compact` did."""
+
+    hourly_to: datetime | None = None
+    daily_to: datetime | None = None
+    hours: int = 0
+    days: int = 0
+    dropped_raw: list = None
+    dropped_hourly: list = None
+    deleted_daily: int = 0
+    deleted_snapshots: int = 0
+    skipped: bool = False  # another compaction held the watermark
+
+
+def rolled_up_until():
+    """The hourly watermark, share-locked until the caller's transaction ends: no compaction
+    moves it meanwhile."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT hourly_to FROM {RollupState._meta.db_table} WHERE id = 1 FOR SHARE"
+        )
+        found = cursor.fetchone()
+    return found and found[0]
+
+
+def compact(now=None):
+    """Roll up what is complete, make partitions ahead, apply retention; a Compaction.
+
+    Safe to run from several processes at once: the rollups and retention happen in the one
+    that takes the compaction lock; the others return `skipped`.
+    """
+    now = now or timezone.now()
+    for model in PARTITIONED:
+        for ahead in range(PARTITIONS_AHEAD + 1):
+            ensure_partition(model, now + ahead * DAY)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [COMPACTION_LOCK])
+            if not cursor.fetchone()[0]:
+                return Compaction(skipped=True)
+        state, _ = RollupState.objects.select_for_update().get_or_create(pk=1)
+        done = Compaction()
+        done.hours = roll_hours(state, floor_hour(now - ROLLUP_GRACE))
+        done.days = roll_days(state, state.hourly_to)
+        state.save()
+        done.hourly_to, done.daily_to = state.hourly_to, state.daily_to
+    raw_cutoff = min(now - settings.RAW_RETENTION, state.hourly_to or now)
+    hourly_cutoff = min(now - settings.HOURLY_RETENTION, state.daily_to or now)
+    done.dropped_raw = drop_partitions_before(QueryStat, raw_cutoff)
+    done.dropped_hourly = drop_partitions_before(HourlyStat, hourly_cutoff)
+    done.deleted_daily, _ = DailyStat.objects.filter(
+        bucket__lt=floor_day(now - settings.DAILY_RETENTION)
+    ).delete()
+    done.deleted_snapshots = delete_snapshots_before(floor_day(min(raw_cutoff, hourly_cutoff)))
+    return done
+
+
+def roll_hours(state, until):
+    """Sum the raw intervals of the hours from the watermark up to `until` into HourlyStat;
+    the number of hours. The first compaction starts at the oldest raw interval."""
+    start = state.hourly_to or _oldest(QueryStat, "taken_at")
+    if start is None or until <= start:
+        state.hourly_to = state.hourly_to or until
+        return 0
+    start = floor_hour(start)
+    for day in range(int((until - floor_day(start)) / DAY) + 1):
+        ensure_partition(HourlyStat, floor_day(start) + day * DAY)
+    _roll(
+        HourlyStat,
+        source=QueryStat,
+        bucket="date_trunc('hour', taken_at, 'UTC')",
+        time="taken_at",
+        intervals="count(*)",
+        sums=[f"delta_{name}" for name in DELTAS],
+        start=start,
+        until=until,
+        only="delta_calls IS NOT NULL",
+    )
+    state.hourly_to = until
+    return int((until - start) / HOUR)
+
+
+def roll_days(state, until):
+    """Sum the hourly rollups of the days from the watermark's up to `until` into DailyStat;
+    the day `until` falls in is summed as far as it goes (and again, further, next time), so
+    that the daily rows reach as far as the hourly ones."""
+    start = state.daily_to or _oldest(HourlyStat, "bucket")
+    if until is None or start is None or until <= start:
+        state.daily_to = state.daily_to or until
+        return 0
+    start = floor_day(start)
+    _roll(
+        DailyStat,
+        source=HourlyStat,
+        bucket="date_trunc('day', bucket, 'UTC')",
+        time="bucket",
+        intervals="sum(intervals)",
+        sums=list(DELTAS),
+        start=start,
+        until=until,
+    )
+    state.daily_to = until
+    return int((until - start) / DAY)
+
+
+def _roll(target, *, source, bucket, time, intervals, sums, start, until, only="TRUE"):
+    """(Re)make `target`'s rows of the buckets in [start, until) from `source`."""
+    columns = ", ".join(["query_id", "bucket", "database_id", "intervals", *DELTAS])
+    totals = ", ".join(f"sum({name})" for name in sums)
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in ["intervals", *DELTAS])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {target._meta.db_table} ({columns})"
+            f" SELECT query_id, {bucket}, min(database_id), {intervals}, {totals}"
+            f" FROM {source._meta.db_table}"
+            f" WHERE {time} >= %s AND {time} < %s AND {only}"
+            f" GROUP BY query_id, {bucket}"
+            f" ON CONFLICT (query_id, bucket) DO UPDATE SET {updates}",
+            [start, until],
+        )
+
+
+def _oldest(model, field):
+    return model.objects.order_by(field).values_list(field, flat=True).first()
+
+
+def delete_snapshots_before(cutoff):
+    """Delete snapshots taken before `cutoff` (their raw intervals are gone; kept as long as
+    the hourly rollups, they count a window's evictions), but the newest of each database:
+    the next collection measures its interval from it."""
+    newest = Snapshot.objects.order_by("database_id", "-taken_at").distinct("database_id")
+    deleted, _ = (
+        Snapshot.objects.filter(taken_at__lt=cutoff)
+        .exclude(pk__in=newest.values("pk"))
+        .delete()
+    )
+    return deleted
