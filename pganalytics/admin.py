@@ -12,7 +12,7 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 from psycopg import conninfo
 
-from pganalytics.collector import CollectionError, outcome_of
+from pganalytics.analytics.collector import CollectionError, outcome_of
 from pganalytics.models import MonitoredDatabase, Query, Snapshot
 
 LIST_ERROR_CHARS = 150  # the full error is the tooltip, and on the database's page

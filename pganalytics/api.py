@@ -8,7 +8,7 @@ from django.utils import timezone
 from django.utils.cache import patch_cache_control
 from django.views.decorators.csrf import csrf_exempt
 
-from pganalytics import services
+from pganalytics.analytics import services
 from pganalytics.access import VIEW_ANALYTICS
 from pganalytics.response_cache import cached_response
 

@@ -20,7 +20,7 @@ import psycopg
 from django.conf import settings
 from django.template.defaultfilters import pluralize
 
-from pganalytics.collector import collect
+from pganalytics.analytics.collector import collect
 from pganalytics.models import MonitoredDatabase
 from pganalytics.targets import ensure_database, local_dsn, reset_statements
 

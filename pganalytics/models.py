@@ -5,13 +5,13 @@ for other users or query ids, can share it); it keeps the counters it had when i
 moved, the baseline of its next delta. A `Snapshot` is one read of pg_stat_statements; its
 `QueryStat` rows, one per statement that moved since the previous snapshot, hold the
 server's cumulative counters and the interval deltas, computed once at collection so the
-pages read them without recomputing. QueryStat is partitioned by day (pganalytics.history)
-and kept for RAW_RETENTION; `HourlyStat` and `DailyStat` hold the same deltas summed per
-hour and per day, for longer. Foreign keys carry no index of their own: each is the first
-column of a composite index or key that serves the same lookups, and every index less makes
-the bulk insert of a snapshot cheaper; those of the history tables carry no constraint
-either (their writers are ours, deletions cascade through Django, and a check per row would
-cost their bulk inserts the most).
+pages read them without recomputing. QueryStat is partitioned by day
+(pganalytics.analytics.history) and kept for RAW_RETENTION; `HourlyStat` and `DailyStat`
+hold the same deltas summed per hour and per day, for longer. Foreign keys carry no index
+of their own: each is the first column of a composite index or key that serves the same
+lookups, and every index less makes the bulk insert of a snapshot cheaper; those of the
+history tables carry no constraint either (their writers are ours, deletions cascade through
+Django, and a check per row would cost their bulk inserts the most).
 """
 
 from django.db import models
@@ -238,9 +238,16 @@ class HourlyStat(Rollup):
 
 
 class DailyStat(Rollup):
-    """Per day, kept DAILY_RETENTION."""
+    """Per day, kept DAILY_RETENTION; with the statement's deltas summed from its first day
+    through this one (`running_*`), so that the totals of any run of days are a difference of
+    two rows, however many days it spans."""
 
     pk = models.CompositePrimaryKey("query", "bucket")
+    running_calls = models.BigIntegerField()
+    running_total_exec_time = models.FloatField()
+    running_rows = models.BigIntegerField()
+    running_shared_blks_hit = models.BigIntegerField()
+    running_shared_blks_read = models.BigIntegerField()
 
     class Meta:
         indexes = [models.Index(fields=["database", "bucket"], name="dailystat_database_bucket")]

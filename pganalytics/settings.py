@@ -122,12 +122,12 @@ RETRY_MAX_BACKOFF = config.duration("RETRY_MAX_BACKOFF", "2s")
 CIRCUIT_FAILURE_THRESHOLD = config.integer("CIRCUIT_FAILURE_THRESHOLD", 5, minimum=1)
 CIRCUIT_RESET_TIMEOUT = config.period("CIRCUIT_RESET_TIMEOUT", "30s")
 
-# --- analytics (pganalytics/explain.py, anomalies.py) -----------------------------------
+# --- analytics (pganalytics/analytics/explain.py, anomalies.py) -------------------------
 EXPLAIN_STATEMENT_TIMEOUT = config.period("EXPLAIN_STATEMENT_TIMEOUT", "2s")
 ANOMALY_WINDOW = config.integer("ANOMALY_WINDOW", 48, minimum=1)  # intervals in the baseline
 ANOMALY_MIN_POINTS = config.integer("ANOMALY_MIN_POINTS", 8, minimum=1)  # needed for a verdict
 
-# --- history (pganalytics/history.py) ---------------------------------------------------
+# --- history (pganalytics/analytics/history.py) -----------------------------------------
 RAW_RETENTION = timedelta(seconds=config.period("RAW_RETENTION", "2d"))
 HOURLY_RETENTION = timedelta(seconds=config.period("HOURLY_RETENTION", "30d"))
 DAILY_RETENTION = timedelta(seconds=config.period("DAILY_RETENTION", "365d"))

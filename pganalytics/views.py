@@ -3,7 +3,7 @@
 from django.shortcuts import render
 from django.utils import timezone
 
-from pganalytics import services
+from pganalytics.analytics import services
 from pganalytics.access import analytics_page
 from pganalytics.charts import line_chart
 
@@ -54,4 +54,5 @@ def query_detail(request, database_id, fingerprint):
 
 @analytics_page
 def anomalies(request):
-    return render(request, "pganalytics/anomalies.html", {"anomalies": services.current_anomalies()})
+    context = {"anomalies": services.current_anomalies()}
+    return render(request, "pganalytics/anomalies.html", context)

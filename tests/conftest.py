@@ -139,8 +139,8 @@ class SilentServer:
 
     def close(self):
         self.listener.close()
-        for connection in self.accepted:
-            connection.close()
+        for accepted in self.accepted:
+            accepted.close()
 
 
 @pytest.fixture

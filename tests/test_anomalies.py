@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.core.cache import caches
 
-from pganalytics.anomalies import Point, assess, cached_assess, current_anomalies
+from pganalytics.analytics.anomalies import Point, assess, cached_assess, current_anomalies
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STABLE_MS = [10.0, 12.0, 9.0, 11.0, 8.0, 10.0, 13.0, 9.0, 11.0, 10.0, 12.0, 9.0]  # median 10, MAD 1

@@ -21,9 +21,16 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from psycopg import conninfo, sql
 
-from pganalytics import collector, services, targets
-from pganalytics.collector import HIDDEN_TEXT, MARKER, CollectionError, collect, collect_all
-from pganalytics.explain import explain
+from pganalytics import targets
+from pganalytics.analytics import collector, services
+from pganalytics.analytics.collector import (
+    HIDDEN_TEXT,
+    MARKER,
+    CollectionError,
+    collect,
+    collect_all,
+)
+from pganalytics.analytics.explain import explain
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 from pganalytics.signals import snapshot_collected
 from pganalytics.targets import MAINTENANCE_DATABASE, drop_database, local_dsn, reset_statements

@@ -6,8 +6,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from pganalytics import services
-from pganalytics.collector import collect
+from pganalytics.analytics import services
+from pganalytics.analytics.collector import collect
 from pganalytics.models import MonitoredDatabase, Snapshot
 from pganalytics.targets import reset_statements
 

@@ -11,7 +11,7 @@ from django.views.debug import ExceptionReporter
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
-from pganalytics.explain import (
+from pganalytics.analytics.explain import (
     ExplainFailed,
     ExplainRefused,
     ParsedStatement,
@@ -107,7 +107,10 @@ def test_select_plan_reports_a_seq_scan_of_a_large_table(dsn):
 
 
 def test_parameterised_statement_gets_a_generic_plan(dsn):
-    result = explain(dsn, "SELECT customer, count(*) FROM explain_orders WHERE id = $1 GROUP BY 1", userid=own_role())
+    result = explain(
+        dsn, "SELECT customer, count(*) FROM explain_orders WHERE id = $1 GROUP BY 1",
+        userid=own_role(),
+    )
     assert result.generic
     assert "Index Scan" in result.summary.node_types
     assert result.summary.seq_scans == []
@@ -177,7 +180,8 @@ def test_the_server_refuses_a_text_of_two_statements(dsn, text, parameters):
 
 
 def test_deeply_nested_statement_is_planned(dsn):
-    result = explain(dsn, nested_not(200), userid=own_role())  # deeper than a recursive walk of its tree goes
+    # deeper than a recursive walk of its tree goes
+    result = explain(dsn, nested_not(200), userid=own_role())
     assert result.generic and result.summary.top_node
 
 
@@ -197,7 +201,10 @@ def test_folded_function_with_side_effects_is_stopped_by_read_only(dsn):
 
 def test_statement_timeout_bounds_planning(dsn):
     with pytest.raises(ExplainFailed, match="statement timeout"):
-        explain(dsn, "SELECT * FROM explain_orders WHERE id = explain_sleep()", timeout=0.2, userid=own_role())
+        explain(
+            dsn, "SELECT * FROM explain_orders WHERE id = explain_sleep()", timeout=0.2,
+            userid=own_role(),
+        )
 
 
 def test_untyped_parameters_fail_with_postgres_message(dsn):
@@ -222,7 +229,10 @@ def test_an_unexpected_error_reports_no_dsn():
     """Error reports (500 e-mails, logs) list each frame's locals: the DSN's are hidden."""
     caches["explain"].clear()
     with pytest.raises(ValueError) as raised:
-        cached_explain(1, "host=127.0.0.1 password=reported-secret", "SELECT 1", timeout="soon", userid=own_role())
+        cached_explain(
+            1, "host=127.0.0.1 password=reported-secret", "SELECT 1", timeout="soon",
+            userid=own_role(),
+        )
     frames = ExceptionReporter(None, raised.type, raised.value, raised.tb).get_traceback_frames()
     below_the_test = [frame for frame in frames if frame["filename"] != __file__]
     assert "explain" in [frame["function"] for frame in below_the_test]
@@ -257,7 +267,8 @@ def test_cached_explain_plans_once_and_caches_refusals(dsn):
     cache.clear()
     first = cached_explain(1, dsn, "SELECT * FROM explain_orders WHERE id = 5", userid=own_role())
     hits = cache.metrics()["hits"]
-    again = cached_explain(1, dsn, "SELECT * FROM explain_orders WHERE id = 7", userid=own_role())  # same fingerprint
+    # the same fingerprint
+    again = cached_explain(1, dsn, "SELECT * FROM explain_orders WHERE id = 7", userid=own_role())
     assert again == first and cache.metrics()["hits"] == hits + 1
     for _ in range(2):
         with pytest.raises(ExplainRefused):
@@ -275,4 +286,7 @@ def test_after_a_dsn_edit_the_old_servers_plan_is_not_served(dsn):
     caches["explain"].clear()
     cached_explain(1, dsn, "SELECT * FROM explain_orders WHERE id = 5", userid=own_role())
     with pytest.raises(ExplainFailed):  # explained afresh, on the (unreachable) new server
-        cached_explain(1, "host=127.0.0.1 port=1", "SELECT * FROM explain_orders WHERE id = 5", userid=own_role())
+        cached_explain(
+            1, "host=127.0.0.1 port=1", "SELECT * FROM explain_orders WHERE id = 5",
+            userid=own_role(),
+        )

@@ -16,8 +16,8 @@ from django.core.cache import caches
 from psycopg import conninfo
 
 from caching import registry
-from pganalytics import explain, services
-from pganalytics.collector import collect
+from pganalytics.analytics import explain, services
+from pganalytics.analytics.collector import collect
 from pganalytics.models import MonitoredDatabase, Query
 from pganalytics.targets import local_dsn
 

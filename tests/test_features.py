@@ -6,7 +6,7 @@ import time
 import pytest
 from django.core.cache import caches
 
-from pganalytics.features import (
+from pganalytics.analytics.features import (
     FEATURE_NAMES,
     FeatureRequest,
     IntervalStats,
@@ -14,7 +14,7 @@ from pganalytics.features import (
     extract_batch,
     extract_features,
 )
-from pganalytics.features import extract as shared_extractor
+from pganalytics.analytics.features import extract as shared_extractor
 
 
 def nonzero(features):

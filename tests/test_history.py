@@ -16,8 +16,8 @@ from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
-from pganalytics import history, services
-from pganalytics.collector import COUNTERS, CollectionError, Reading, collect, store
+from pganalytics.analytics import history, services
+from pganalytics.analytics.collector import COUNTERS, CollectionError, Reading, collect, store
 from pganalytics.models import DailyStat, HourlyStat, MonitoredDatabase, Query, QueryStat, Snapshot
 from pganalytics.targets import MAINTENANCE_DATABASE, drop_database, local_dsn
 from tests.conftest import child_environment
@@ -75,7 +75,8 @@ def test_only_what_moved_is_stored_and_the_pages_answer_as_if_everything_was(
         assert [point["calls"] for point in detail["history"]] == reference[name]
         idle = [point for point in detail["history"] if point["calls"] == 0]
         assert all(point["mean_ms"] is None and point["interval_seconds"] > 0 for point in idle)
-    top = {row.text: row.calls for row in services.top_queries(monitored, window=timedelta(hours=1))}
+    rows = services.top_queries(monitored, window=timedelta(hours=1))
+    top = {row.text: row.calls for row in rows}
     for name, statement in STATEMENTS.items():
         assert top[statement.replace("%s", "$1")] == sum(reference[name])
 
@@ -306,7 +307,9 @@ def test_the_migration_carries_an_existing_history_over(old_database):
         baselines = app.execute(
             "SELECT id, last_calls, last_total_exec_time FROM pganalytics_query ORDER BY id"
         ).fetchall()
-    assert partitions == [("pganalytics_querystat_p20260101",), ("pganalytics_querystat_p20260102",)]
+    assert partitions == [
+        ("pganalytics_querystat_p20260101",), ("pganalytics_querystat_p20260102",)
+    ]
     # the first snapshot's rows, and those that moved: (2, 2) and (3, 1) did not
     assert rows == [(1, 1, True, 1, None), (1, 2, True, 1, None), (2, 1, True, 1, 4),
                     (3, 2, True, 1, 1)]
@@ -345,3 +348,23 @@ def test_the_query_page_marks_an_interval_with_evictions(target, monitored, admi
     assert [point["evicted"] for point in points] == [0, 2]
     page = admin_client.get(f"/databases/{monitored.id}/queries/{query.fingerprint}/")
     assert "evicted entries 2 times in this interval" in page.content.decode()
+
+
+def test_old_days_go_but_each_statement_keeps_the_running_totals_a_window_starts_from(
+    three_days, settings
+):
+    database, start = three_days
+    now = start + timedelta(days=3, minutes=30)
+    settings.DAILY_RETENTION = timedelta(days=1)
+
+    history.compact(now=now)
+
+    kept = DailyStat.objects.filter(database=database).values_list("query_id", "bucket")
+    for query_id in Query.objects.filter(database=database).values_list("pk", flat=True):
+        days = sorted(bucket for each, bucket in kept if each == query_id)
+        assert days[0] >= start + timedelta(days=1) and days[-1] == start + timedelta(days=2)
+    last_day = history.Span(*[start + timedelta(days=2)] * 2, start + timedelta(days=3),
+                            start + timedelta(days=3), "daily")
+    calls, total_ms = window_sum(database, last_day)
+    expected = raw_sum(database, start + timedelta(days=2), now + timedelta(hours=1))
+    assert (calls, total_ms) == (expected["calls"], pytest.approx(expected["total"]))

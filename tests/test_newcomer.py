@@ -22,7 +22,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from pganalytics import config
-from pganalytics.collector import collect
+from pganalytics.analytics.collector import collect
 from pganalytics.demo import describe
 from pganalytics.models import MonitoredDatabase, Query, Snapshot
 from pganalytics.targets import reset_statements

@@ -8,8 +8,8 @@ import pytest
 from psycopg import conninfo
 
 from caching import registry
-from pganalytics import services
-from pganalytics.collector import collect
+from pganalytics.analytics import services
+from pganalytics.analytics.collector import collect
 from pganalytics.models import MonitoredDatabase, Query, QueryStat
 from pganalytics.targets import MARKER, local_dsn
 
@@ -17,8 +17,9 @@ LOOKUP = "SELECT count(*) FROM items WHERE id = %s"
 OWN_LOOKUP = "SELECT count(*) FROM items WHERE id > %s"
 TRANSACTIONS = 3
 # Words of what the collector and EXPLAIN send, none of which the workload below uses.
-APP_WORDS = (MARKER, "pganalytics_explain", "pganalytics_plan", "EXPLAIN", "pg_stat_statements_info",
-             "pg_extension", "reltuples", "READ ONLY", "set_config", "pg_temp", "SET LOCAL")
+APP_WORDS = (MARKER, "pganalytics_explain", "pganalytics_plan", "EXPLAIN",
+             "pg_stat_statements_info", "pg_extension", "reltuples", "READ ONLY", "set_config",
+             "pg_temp", "SET LOCAL")
 
 
 def server_statements(target_name):

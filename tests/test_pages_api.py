@@ -12,8 +12,8 @@ from django.utils import timezone
 from django.utils.formats import date_format
 
 from caching import registry
-from pganalytics import history
-from pganalytics.collector import CollectionError, collect
+from pganalytics.analytics import history
+from pganalytics.analytics.collector import CollectionError, collect
 from pganalytics.fingerprint import fingerprint
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 
@@ -56,7 +56,8 @@ def client_of(client):
 
 
 def fingerprint_of(database, statement):
-    return Query.objects.get(database=database, text__startswith=statement.split("%s")[0]).fingerprint
+    prefix = statement.split("%s")[0]
+    return Query.objects.get(database=database, text__startswith=prefix).fingerprint
 
 
 def get_json(client, url, status=200):

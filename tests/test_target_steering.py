@@ -18,8 +18,8 @@ from psycopg import conninfo
 from psycopg import sql as pgsql
 
 from caching import registry
-from pganalytics import explain, services
-from pganalytics.collector import collect
+from pganalytics.analytics import explain, services
+from pganalytics.analytics.collector import collect
 from pganalytics.models import MonitoredDatabase, Query
 from pganalytics.targets import local_dsn
 
@@ -132,7 +132,8 @@ def test_a_statement_is_planned_with_the_search_path_of_its_role(
             )
             connection.execute("SELECT label FROM gadgets WHERE id > %s", [1])
         collect(monitored)
-        query = Query.objects.get(database=monitored, text="SELECT label FROM gadgets WHERE id > $1")
+        text = "SELECT label FROM gadgets WHERE id > $1"
+        query = Query.objects.get(database=monitored, text=text)
         plan = services.plan_of(monitored, query, version="v")
     finally:
         target.execute("DROP SCHEMA shop CASCADE")

@@ -8,7 +8,8 @@ writers, a deletion cascades to them through Django, and a check per row would c
 bulk inserts more than everything else (their relations are kept with db_constraint=False).
 An existing QueryStat is copied into day partitions (rows of statements that
 did not move are left behind: they summed nothing), and each Query's baseline is its newest
-row. Partitions are named `<table>_pYYYYMMDD` (UTC days), as pganalytics.history makes them.
+row. Partitions are named `<table>_pYYYYMMDD` (UTC days), as pganalytics.analytics.history
+makes them.
 """
 
 import django.db.models.deletion
@@ -280,7 +281,14 @@ class Migration(migrations.Migration):
         ),
         migrations.CreateModel(
             name="DailyStat",
-            fields=rollup_fields(),
+            fields=[
+                *rollup_fields(),
+                ("running_calls", models.BigIntegerField()),
+                ("running_total_exec_time", models.FloatField()),
+                ("running_rows", models.BigIntegerField()),
+                ("running_shared_blks_hit", models.BigIntegerField()),
+                ("running_shared_blks_read", models.BigIntegerField()),
+            ],
             options={
                 "indexes": [
                     models.Index(fields=["database", "bucket"], name="dailystat_database_bucket")

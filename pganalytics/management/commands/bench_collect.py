@@ -16,7 +16,7 @@ import time
 import psycopg
 from django.core.management.base import BaseCommand, CommandError
 
-from pganalytics.collector import collect
+from pganalytics.analytics.collector import collect
 from pganalytics.models import MonitoredDatabase
 from pganalytics.targets import ensure_database, local_dsn, reset_statements
 

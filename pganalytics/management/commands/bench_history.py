@@ -13,7 +13,6 @@ intervals over the last whole day, and the database's growth per statement and d
 
 import json
 import random
-import statistics
 import time
 from contextlib import contextmanager
 from datetime import timedelta
@@ -28,14 +27,23 @@ from django.utils import timezone
 from psycopg import sql
 from tqdm import tqdm
 
-from pganalytics import history, services
-from pganalytics.collector import COUNTERS, DELTA_COUNTERS, Reading, store
-from pganalytics.models import DailyStat, HourlyStat, MonitoredDatabase, Query, QueryStat
+from pganalytics.analytics import history, services
+from pganalytics.analytics.collector import COUNTERS, DELTA_COUNTERS, Reading, store
+from pganalytics.models import (
+    DailyStat,
+    HourlyStat,
+    MonitoredDatabase,
+    Query,
+    QueryStat,
+    Snapshot,
+)
 from pganalytics.targets import MAINTENANCE_DATABASE, local_dsn
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7),
            "30d": timedelta(days=30)}
 PERIOD = timedelta(minutes=1)
+TABLES = {"raw": QueryStat, "hourly": HourlyStat, "daily": DailyStat, "snapshots": Snapshot,
+          "queries": Query}
 # Raw intervals of one chunk of snapshots: statement k moves in the snapshot numbered i when
 # k = j * every + i mod every, for j < moving statements; its deltas are drawn at random.
 GENERATED_INTERVALS = """
@@ -180,11 +188,8 @@ class Command(BaseCommand):
             "top_30d_vs_1h": round(timings["30d"] / timings["1h"], 2),
             "bytes": bytes_used,
             "bytes_per_statement_day": round(bytes_used / (statements * days), 1),
-            "rows": {
-                "raw": QueryStat.objects.count(),
-                "hourly": HourlyStat.objects.count(),
-                "daily": DailyStat.objects.count(),
-            },
+            "rows": {name: model.objects.count() for name, model in TABLES.items()},
+            "table_bytes": {name: table_size(model) for name, model in TABLES.items()},
             "rollup_totals_equal": rollups_match_raw(database),
         }
 
@@ -202,6 +207,11 @@ class Command(BaseCommand):
             label = f"top queries, {name}" if name in WINDOWS else "one query, 30 d history"
             ratio = seconds / figures["seconds"]["1h"]
             self.stdout.write(f"{label:<22}{seconds * 1000:>10.1f}{ratio:>9.2f}×")
+        self.stdout.write(
+            "table sizes (MiB, indexes included): " + ", ".join(
+                f"{name} {size / 2**20:,.1f}" for name, size in figures["table_bytes"].items()
+            )
+        )
         self.stdout.write(
             f"database growth: {figures['bytes'] / 2**20:,.1f} MiB, "
             f"{figures['bytes_per_statement_day']:,.1f} bytes per statement-day; "
@@ -250,6 +260,18 @@ def rollups_match_raw(database):
         and max(each["total"] for each in sums) - min(each["total"] for each in sums)
         <= 1e-9 * max(each["total"] for each in sums)
     )
+
+
+def table_size(model):
+    """Bytes of `model`'s table with its indexes (and TOAST), partitions summed."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_total_relation_size(%s::regclass) + coalesce(sum("
+            "pg_total_relation_size(inhrelid)), 0) FROM pg_inherits"
+            " WHERE inhparent = %s::regclass",
+            [model._meta.db_table] * 2,
+        )
+        return int(cursor.fetchone()[0])
 
 
 def database_size():

@@ -11,8 +11,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 from django.template.defaultfilters import pluralize
 
-from pganalytics import history
-from pganalytics.collector import (
+from pganalytics.analytics import history
+from pganalytics.analytics.collector import (
     CollectionError,
     claim_due,
     collect_all,

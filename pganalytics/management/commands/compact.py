@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand
 
 from pganalytics.formats import timestamp
-from pganalytics.history import compact
+from pganalytics.analytics.history import compact
 
 
 class Command(BaseCommand):

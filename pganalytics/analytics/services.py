@@ -20,7 +20,7 @@ from django.http import Http404
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
-from pganalytics import anomalies, explain, features, history
+from pganalytics.analytics import anomalies, explain, features, history
 from pganalytics.config import parse_period
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from django.core.cache import caches
 from pglast import parser
 
-from pganalytics.explain import highest_parameter, parse_tree, summarize, tree_nodes
+from pganalytics.analytics.explain import highest_parameter, parse_tree, summarize, tree_nodes
 from pganalytics.fingerprint import fingerprint
 
 FEATURE_NAMES = (

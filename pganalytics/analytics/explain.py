@@ -401,7 +401,7 @@ def explain_key(database_id, dsn, sql):
     `server` is a keyed hash of the DSN, never the DSN (it holds the password): a DSN
     edited in the admin must miss the plans of the old server.
     """
-    server = salted_hmac("pganalytics.explain", dsn, algorithm="sha256").hexdigest()[:16]
+    server = salted_hmac("pganalytics.analytics.explain", dsn, algorithm="sha256").hexdigest()[:16]
     return f"explain:{database_id}:{server}:{fingerprint(sql).fingerprint}"
 
 

@@ -28,7 +28,8 @@ from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from psycopg import sql
 
-from pganalytics import history, targets
+from pganalytics import targets
+from pganalytics.analytics import history
 from pganalytics.dsn import scrub
 from pganalytics.fingerprint import Fingerprint, compute_fingerprint, fold_whitespace
 from pganalytics.formats import timestamp

@@ -10,7 +10,7 @@ partitions, never deleting raw rows one by one, and never what is not rolled up 
 Rollups are remade from their source for whole buckets (idempotent), up to a watermark
 (RollupState) that one compaction at a time moves (an advisory lock: another does nothing).
 Collections read the watermark under a share lock and refuse a reading older than it
-(pganalytics.collector), while the compaction moving it holds it exclusively: no interval
+(pganalytics.analytics.collector), while the compaction moving it holds it exclusively: no interval
 lands in an hour already summed. Only hours that ended ROLLUP_GRACE ago are summed, so that
 a reading in flight is not refused.
 """
@@ -27,12 +27,54 @@ from psycopg import sql
 from pganalytics.models import DailyStat, HourlyStat, QueryStat, RollupState, Snapshot
 
 HOUR = timedelta(hours=1)
+FOREVER = datetime(9999, 12, 31, tzinfo=UTC)  # the open end of the newest raw intervals
 DAY = timedelta(days=1)
 ROLLUP_GRACE = timedelta(minutes=10)
 COMPACTION_LOCK = 0x7067612D68697374  # advisory lock key: "pga-hist"
 PARTITIONS_AHEAD = 3  # days made in advance, so collections never wait on DDL
 PARTITIONED = (QueryStat, HourlyStat)
 DELTAS = ("calls", "total_exec_time", "rows", "shared_blks_hit", "shared_blks_read")
+RUNNING = ", ".join(f"running_{name}" for name in DELTAS)
+# The days [from, until) of a database's statements: each one's running totals at the end of
+# its newest day before `until`, less those before `from` (two index lookups a statement).
+DAYS_BETWEEN = f"""
+SELECT q.id, {", ".join(f"e.running_{name} - coalesce(s.running_{name}, 0)" for name in DELTAS)}
+FROM pganalytics_query q
+CROSS JOIN LATERAL (SELECT %s::timestamptz AS since, %s::timestamptz AS until) w
+CROSS JOIN LATERAL (
+    SELECT {RUNNING} FROM pganalytics_dailystat
+    WHERE query_id = q.id AND bucket < w.until ORDER BY bucket DESC LIMIT 1) e
+LEFT JOIN LATERAL (
+    SELECT {RUNNING} FROM pganalytics_dailystat
+    WHERE query_id = q.id AND bucket < w.since ORDER BY bucket DESC LIMIT 1) s ON true
+WHERE q.database_id = %s AND w.since < w.until"""
+# Remake the days [start, until) from the hourly rollups, each with its statement's running
+# totals: those of its newest day before `start` (none: 0) plus its days so far.
+ROLL_DAYS = f"""
+WITH days AS (
+    SELECT query_id, date_trunc('day', bucket, 'UTC') AS bucket, min(database_id) AS database_id,
+           sum(intervals) AS intervals, {", ".join(f"sum({name}) AS {name}" for name in DELTAS)}
+    FROM pganalytics_hourlystat WHERE bucket >= %(start)s AND bucket < %(until)s
+    GROUP BY 1, 2
+), before AS (
+    SELECT ids.query_id, {", ".join(f"coalesce(p.running_{n}, 0) AS running_{n}" for n in DELTAS)}
+    FROM (SELECT DISTINCT query_id FROM days) ids
+    LEFT JOIN LATERAL (
+        SELECT {RUNNING} FROM pganalytics_dailystat
+        WHERE query_id = ids.query_id AND bucket < %(start)s ORDER BY bucket DESC LIMIT 1) p ON true
+)
+INSERT INTO pganalytics_dailystat (query_id, bucket, database_id, intervals,
+    {", ".join(DELTAS)}, {RUNNING})
+SELECT d.query_id, d.bucket, d.database_id, d.intervals, {", ".join(f"d.{n}" for n in DELTAS)},
+    {", ".join(
+        f"b.running_{n} + (sum(d.{n}) OVER w)" + ("" if n == "total_exec_time" else "::bigint")
+        for n in DELTAS
+    )}
+FROM days d JOIN before b USING (query_id)
+WINDOW w AS (PARTITION BY d.query_id ORDER BY d.bucket)
+ON CONFLICT (query_id, bucket) DO UPDATE SET intervals = EXCLUDED.intervals,
+    {", ".join(f"{n} = EXCLUDED.{n}, running_{n} = EXCLUDED.running_{n}" for n in DELTAS)}
+"""
 
 
 def floor_hour(moment):
@@ -64,7 +106,8 @@ def ensure_partition(model, moment):
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})"
             ).format(
-                sql.Identifier(name), sql.Identifier(table), sql.Literal(day), sql.Literal(day + DAY)
+                sql.Identifier(name), sql.Identifier(table), sql.Literal(day),
+                sql.Literal(day + DAY),
             )
         )
 
@@ -140,22 +183,24 @@ def span(window, now=None, *, chart=False):
     return Span(start, start, daily_until, hourly_until, "daily")
 
 
-def _tiers(key, value, span, raw_columns, rollup_columns):
+def _tiers(key, value, span, raw_columns, rollup_columns, daily=None):
     """(SQL, parameters) of the rows with `key` = `value` of each table for its part of
-    `span`, as `raw_columns` of QueryStat and `rollup_columns` of the rollups."""
-    text = (
+    `span`, as `raw_columns` of QueryStat and `rollup_columns` of the rollups; `daily`, an
+    (SQL, parameters), stands for DailyStat's part when given."""
+    raw = (
         f"SELECT {raw_columns} FROM {QueryStat._meta.db_table}"
-        f" WHERE {key} = %s AND delta_calls IS NOT NULL"
-        " AND (taken_at >= %s AND taken_at < %s OR taken_at >= %s)"
-        f" UNION ALL SELECT {rollup_columns} FROM {DailyStat._meta.db_table}"
-        f" WHERE {key} = %s AND bucket >= %s AND bucket < %s"
-        f" UNION ALL SELECT {rollup_columns} FROM {HourlyStat._meta.db_table}"
-        f" WHERE {key} = %s AND bucket >= %s AND bucket < %s"
+        f" WHERE {key} = %s AND delta_calls IS NOT NULL AND taken_at >= %s AND taken_at < %s"
     )
+    rollup = f"SELECT {rollup_columns} FROM {{}} WHERE {key} = %s AND bucket >= %s AND bucket < %s"
+    days = daily or (
+        rollup.format(DailyStat._meta.db_table), [value, span.head_until, span.daily_until]
+    )
+    text = " UNION ALL ".join([raw, days[0], rollup.format(HourlyStat._meta.db_table), raw])
     params = [
-        value, span.start, span.head_until, span.hourly_until,
-        value, span.head_until, span.daily_until,
+        value, span.start, span.head_until,
+        *days[1],
         value, span.daily_until, span.hourly_until,
+        value, span.hourly_until, FOREVER,
     ]
     return text, params
 
@@ -170,11 +215,13 @@ def _sums():
 
 def window_totals(database_id, span):
     """(SQL, parameters) of the summed deltas per query of `database_id` over `span`:
-    columns query_id and DELTAS."""
+    columns query_id and DELTAS. The days are read as differences of running totals: two
+    rows a statement, whatever the number of days."""
     tiers, params = _tiers(
         "database_id", database_id, span,
         "query_id, " + ", ".join(f"delta_{name} AS {name}" for name in DELTAS),
         "query_id, " + ", ".join(DELTAS),
+        daily=(DAYS_BETWEEN, [span.head_until, span.daily_until, database_id]),
     )
     return f"SELECT query_id, {_sums()} FROM ({tiers}) AS intervals GROUP BY query_id", params
 
@@ -259,9 +306,7 @@ def compact(now=None):
     hourly_cutoff = min(now - settings.HOURLY_RETENTION, state.daily_to or now)
     done.dropped_raw = drop_partitions_before(QueryStat, raw_cutoff)
     done.dropped_hourly = drop_partitions_before(HourlyStat, hourly_cutoff)
-    done.deleted_daily, _ = DailyStat.objects.filter(
-        bucket__lt=floor_day(now - settings.DAILY_RETENTION)
-    ).delete()
+    done.deleted_daily = delete_days_before(floor_day(now - settings.DAILY_RETENTION))
     done.deleted_snapshots = delete_snapshots_before(floor_day(min(raw_cutoff, hourly_cutoff)))
     return done
 
@@ -300,16 +345,8 @@ def roll_days(state, until):
         state.daily_to = state.daily_to or until
         return 0
     start = floor_day(start)
-    _roll(
-        DailyStat,
-        source=HourlyStat,
-        bucket="date_trunc('day', bucket, 'UTC')",
-        time="bucket",
-        intervals="sum(intervals)",
-        sums=list(DELTAS),
-        start=start,
-        until=until,
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(ROLL_DAYS, {"start": start, "until": until})
     state.daily_to = until
     return int((until - start) / DAY)
 
@@ -329,6 +366,19 @@ def _roll(target, *, source, bucket, time, intervals, sums, start, until, only="
             f" ON CONFLICT (query_id, bucket) DO UPDATE SET {updates}",
             [start, until],
         )
+
+
+def delete_days_before(cutoff):
+    """Delete daily rows before `cutoff` but each query's newest one before it: the running
+    totals of a later window's start are read from it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM pganalytics_dailystat d WHERE bucket < %(cutoff)s AND EXISTS ("
+            " SELECT 1 FROM pganalytics_dailystat n WHERE n.query_id = d.query_id"
+            " AND n.bucket > d.bucket AND n.bucket < %(cutoff)s)",
+            {"cutoff": cutoff},
+        )
+        return cursor.rowcount
 
 
 def _oldest(model, field):
