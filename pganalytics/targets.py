@@ -39,7 +39,8 @@ KEEPALIVES = {
 }
 MAINTENANCE_DATABASE = "postgres"
 MARKER = f"/* pganalytics {salted_hmac('pganalytics.targets', 'marker').hexdigest()[:16]} */"
-PINNED = "-c search_path=pg_catalog,pg_temp"
+PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
+PINNED = f"-c search_path={PINNED_SEARCH_PATH.replace(' ', '')}"
 UNTRACKED = "-c pg_stat_statements.track=none"
 # Digests of DSNs whose role may not turn tracking off: each failed attempt is a FATAL line in
 # the target's log, so it is made once per process.

@@ -219,3 +219,36 @@ def test_a_statement_wearing_a_plain_marker_is_still_collected(target, monitored
         database=monitored, text__startswith="/* pganalytics */ SELECT count(*)"
     ).exists()
     assert MonitoredDatabase.objects.get(pk=monitored.pk).last_error == ""
+
+
+def test_a_type_in_the_role_s_search_path_cannot_slip_code_into_the_plan_procedure(
+    target, target_name, monitored, make_role, spill_path
+):
+    """A domain named json, first in the role's search_path, whose check would run wherever
+    the app's procedure resolved or defaulted its json argument outside the procedure."""
+    attacker = make_role("domainer")
+    name, database = pgsql.Identifier(attacker), pgsql.Identifier(target_name)
+    target.execute(pgsql.SQL("CREATE SCHEMA {0} AUTHORIZATION {0}").format(name))
+    target.execute(
+        pgsql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = {}, pg_catalog").format(
+            name, database, name
+        )
+    )
+    with as_role(target_name, attacker) as connection:
+        connection.execute(
+            pgsql.SQL(
+                "CREATE FUNCTION pwn(x pg_catalog.json) RETURNS boolean LANGUAGE plpgsql AS $$"
+                " BEGIN BEGIN RESET ROLE; EXCEPTION WHEN OTHERS THEN RETURN true; END;"
+                " EXECUTE format('COPY (SELECT current_user) TO %L', {}); RETURN true; END $$;"
+                " CREATE DOMAIN json AS pg_catalog.json CHECK (pwn(VALUE));"
+                " CREATE TABLE t3 AS SELECT 1 AS a"
+            ).format(spill_path)
+        )
+        connection.execute("SELECT count(*) FROM t3 WHERE a = %s", [1])
+    collect(monitored)
+    query = Query.objects.get(database=monitored, text="SELECT count(*) FROM t3 WHERE a = $1")
+
+    plan = services.plan_of(monitored, query, version="v")
+
+    assert plan["status"] == "ok", plan
+    assert not os.path.exists(spill_path)

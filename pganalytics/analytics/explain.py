@@ -39,16 +39,20 @@ from psycopg.pq import TransactionStatus
 from pganalytics import targets
 from pganalytics.dsn import scrub
 from pganalytics.fingerprint import fingerprint
-from pganalytics.targets import MARKER
+from pganalytics.targets import MARKER, PINNED_SEARCH_PATH
 
 EXPLAINABLE = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"}
 PREPARED_NAME = "pganalytics_explain"
 LARGE_TABLE_ROWS = 10_000
 # Made as the statement's role (SET ROLE first), so it runs as that role; its body is ours
-# alone: the EXPLAIN of the statement prepared beforehand.
+# alone: the EXPLAIN of the statement prepared beforehand, with the role's search_path (a
+# prepared statement is analysed again under another). Its type is qualified and its
+# argument given, cast, by the caller under the pinned search_path: nothing outside the
+# procedure is resolved by the role's search_path, nor evaluated (a domain's check).
 PLAN_PROCEDURE = pgsql.SQL(
-    "CREATE PROCEDURE pg_temp.pganalytics_plan(INOUT plan json DEFAULT NULL)"
-    " LANGUAGE plpgsql SECURITY DEFINER AS $body$ BEGIN EXECUTE {explain} INTO plan; END $body$"
+    "CREATE PROCEDURE pg_temp.pganalytics_plan(INOUT plan pg_catalog.json)"
+    " LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT"
+    " AS $body$ BEGIN EXECUTE {explain} INTO plan; END $body$"
 )
 OPEN_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 # SQLSTATE classes of failures that may pass: connection, resources, the operator
@@ -290,7 +294,8 @@ def _plan(connection, statement, userid):
     `RESET ROLE` to the session's. Unless the role is the session's own, the EXPLAIN runs in
     a temporary SECURITY DEFINER procedure owned by that role, inside which PostgreSQL
     refuses any change of role or session authorization; the procedure disappears with the
-    rollback. The statement's names are resolved with that role's own search_path.
+    rollback. The statement's names are resolved with that role's own search_path, and only
+    they: the pinned one is back before the procedure is called.
 
     The cursor is binary because psycopg then sends every statement with PQsendQueryParams
     (it uses the simple-query protocol, which runs any number of statements, only for text
@@ -314,12 +319,16 @@ def _plan(connection, statement, userid):
         run(pgsql.SQL(f"PREPARE {PREPARED_NAME} AS ") + pgsql.SQL(statement.text))
         if not role.own:
             run(PLAN_PROCEDURE.format(explain=pgsql.Literal(explain_prepared)))
+            cursor.execute(
+                MARKER + " SELECT pg_catalog.set_config('search_path', %s, true)",
+                [PINNED_SEARCH_PATH],
+            )
         run(pgsql.SQL("SET TRANSACTION READ ONLY"))
         run(pgsql.SQL("SET LOCAL plan_cache_mode = force_generic_plan"))
         if role.own:
             cursor.execute(explain_prepared)
         else:
-            run(pgsql.SQL("CALL pg_temp.pganalytics_plan()"))
+            run(pgsql.SQL("CALL pg_temp.pganalytics_plan(NULL::pg_catalog.json)"))
         return role.name, cursor.fetchone()[0]
 
 
