@@ -4,7 +4,6 @@ from dataclasses import asdict
 from functools import wraps
 
 from django.http import Http404, JsonResponse
-from django.utils import timezone
 from django.utils.cache import patch_cache_control
 from django.views.decorators.csrf import csrf_exempt
 
@@ -68,13 +67,15 @@ def top_query_params(request):
 def top_queries(request, database_id, window, order):
     database = services.database_or_404(database_id)
     rows = services.top_queries(database, window=window, order=order)
+    start = services.window_start(window)
     return JsonResponse(
         {
             "database": database.name,
             "window_seconds": window.total_seconds(),
+            "window_start": start,
             "order": order,
             "queries": [asdict(row) for row in rows],
-            "evictions": services.evictions(database, timezone.now() - window),
+            "evictions": services.evictions(database, start),
         }
     )
 

@@ -97,6 +97,16 @@ class Query(models.Model):
                 fields=["database", "fingerprint"], name="query_unique_fingerprint"
             )
         ]
+        indexes = [
+            # The statements that moved in a window (its totals start from them), and those
+            # holding a baseline (a snapshot clears those it lacks), among all ever seen.
+            models.Index(fields=["database", "last_seen"], name="query_database_last_seen"),
+            models.Index(
+                fields=["database"],
+                condition=models.Q(last_calls__isnull=False),
+                name="query_with_baseline",
+            ),
+        ]
 
     def __str__(self):
         return f"{self.fingerprint} {self.text[:80]}"

@@ -32,6 +32,7 @@ from psycopg.adapt import Loader
 from psycopg.pq import Format
 
 CONNECT_TIMEOUT_SECONDS = 5
+MAX_CONNECT_TIMEOUT_SECONDS = 30
 # TCP keepalives: a target that vanishes from the network mid-read is noticed within about a
 # minute instead of the kernel's two hours.
 KEEPALIVES = {
@@ -40,7 +41,12 @@ KEEPALIVES = {
 MAINTENANCE_DATABASE = "postgres"
 MARKER = f"/* pganalytics {salted_hmac('pganalytics.targets', 'marker').hexdigest()[:16]} */"
 PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
-PINNED = f"-c search_path={PINNED_SEARCH_PATH.replace(' ', '')}"
+# Pinned in every session: the search_path, and a check every second that we are still
+# connected, so that a statement we gave up on (targets.deadline) ends on the server too.
+PINNED = (
+    f"-c search_path={PINNED_SEARCH_PATH.replace(' ', '')} "
+    "-c client_connection_check_interval=1000"
+)
 UNTRACKED = "-c pg_stat_statements.track=none"
 # Digests of DSNs whose role may not turn tracking off: each failed attempt is a FATAL line in
 # the target's log, so it is made once per process.
@@ -93,15 +99,19 @@ def connect(dsn, *, options="", **parameters):
     search_path pinned, text always returned as str.
 
     It gives up connecting after CONNECT_TIMEOUT_SECONDS and uses TCP keepalives, unless
-    the DSN says otherwise; `options` (`-c name=value ...`) add to the DSN's own. The
+    the DSN says otherwise, but never waits longer than MAX_CONNECT_TIMEOUT_SECONDS (a
+    DSN's 0, no limit, included: deadline() covers a connection only once it is made);
+    `options` (`-c name=value ...`) add to the DSN's own. The
     session asks for `pg_stat_statements.track = none`; a role that may not set it is
     connected again without, and later connections of this process do not ask again (its
     statements must then start with MARKER). A SQL_ASCII database's text, which the server
     cannot convert, is decoded as UTF-8 with invalid bytes replaced.
     """
     given = conninfo.conninfo_to_dict(dsn)
-    defaults = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **KEEPALIVES}
-    parameters.update((key, value) for key, value in defaults.items() if key not in given)
+    parameters.update((key, value) for key, value in KEEPALIVES.items() if key not in given)
+    wanted = int(given.get("connect_timeout") or CONNECT_TIMEOUT_SECONDS)
+    parameters["connect_timeout"] = min(wanted if wanted > 0 else MAX_CONNECT_TIMEOUT_SECONDS,
+                                        MAX_CONNECT_TIMEOUT_SECONDS)
     options = " ".join(filter(None, [given.get("options", ""), options, PINNED]))
     digest = hashlib.sha256(dsn.encode()).digest()
     connection = None

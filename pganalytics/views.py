@@ -1,7 +1,6 @@
 """The HTML pages: the same answers as the API, rendered; readable without JavaScript."""
 
 from django.shortcuts import render
-from django.utils import timezone
 
 from pganalytics.analytics import services
 from pganalytics.access import analytics_page
@@ -28,8 +27,9 @@ def top_queries(request, database_id):
         "order": params["order"],
         "orders": list(services.ORDERINGS),
         "queries": services.top_queries(database, **params),
-        "evictions": services.evictions(database, timezone.now() - params["window"]),
+        "window_start": services.window_start(params["window"]),
     }
+    context["evictions"] = services.evictions(database, context["window_start"])
     return render(request, "pganalytics/top_queries.html", context)
 
 

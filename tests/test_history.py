@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import psycopg
@@ -368,3 +369,58 @@ def test_old_days_go_but_each_statement_keeps_the_running_totals_a_window_starts
     calls, total_ms = window_sum(database, last_day)
     expected = raw_sum(database, start + timedelta(days=2), now + timedelta(hours=1))
     assert (calls, total_ms) == (expected["calls"], pytest.approx(expected["total"]))
+
+
+def test_a_statement_reset_on_its_own_counts_from_zero_when_it_comes_back(target, monitored):
+    lookup = STATEMENTS["lookup"]
+    for times in (10, 5):
+        for number in range(times):
+            target.execute(lookup, [number])
+        collect(monitored)
+    target.execute(
+        "SELECT pg_stat_statements_reset(userid, dbid, queryid) FROM pg_stat_statements"
+        " WHERE query = %s", [lookup.replace("%s", "$1")]
+    )
+    collect(monitored)  # the statement is gone from the server: it did not move
+    for number in range(100):
+        target.execute(lookup, [number])
+    collect(monitored)
+
+    query = Query.objects.get(database=monitored, text=lookup.replace("%s", "$1"))
+    calls = [point["calls"] for point in services.query_detail(monitored, query.fingerprint)[
+        "history"]]
+    assert calls == [5, 0, 100]  # the 100 after its reset, not 100 less the 15 before
+
+
+@pytest.mark.django_db(transaction=True)  # the reader must see the history: committed
+def test_retention_gives_way_to_a_long_reader_instead_of_queueing_everyone_behind_it(
+    three_days, settings
+):
+    database, start = three_days
+    now = start + timedelta(days=3, minutes=30)
+    settings.RAW_RETENTION = timedelta(days=1)
+    with psycopg.connect(local_dsn(connection.settings_dict["NAME"])) as reader:
+        reader.execute("SELECT count(*) FROM pganalytics_querystat")  # a backup, say: open
+
+        started = time.monotonic()
+        done = history.compact(now=now)
+        waited = time.monotonic() - started
+
+    assert done.dropped_raw == [] and waited < 10  # 1 s lock_timeouts, then on
+    assert history.compact(now=now).dropped_raw == [start, start + timedelta(days=1)]
+
+
+def test_a_window_longer_than_the_daily_retention_starts_where_the_history_kept_does(
+    three_days, settings
+):
+    database, start = three_days
+    now = start + timedelta(days=3, minutes=30)
+    history.compact(now=now)
+    settings.RAW_RETENTION = timedelta(days=1)
+    settings.DAILY_RETENTION = timedelta(days=2)
+
+    span = history.span(timedelta(days=400), now=now)
+
+    assert span.start == start + timedelta(days=1)  # not the statements' whole history
+    calls, _ = window_sum(database, span)
+    assert calls == raw_sum(database, start + timedelta(days=1), now + timedelta(hours=1))["calls"]

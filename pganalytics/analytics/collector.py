@@ -18,6 +18,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 
 import psycopg
@@ -29,7 +30,7 @@ from django.utils import timezone
 from psycopg import sql
 
 from pganalytics import targets
-from pganalytics.analytics import history
+from pganalytics.analytics import explain, history
 from pganalytics.dsn import scrub
 from pganalytics.fingerprint import Fingerprint, compute_fingerprint, fold_whitespace
 from pganalytics.formats import timestamp
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 APPLICATION_NAME = "pganalytics-collector"
 STATEMENT_TIMEOUT_MS = 30_000
 READ_DEADLINE_SECONDS = 60  # a target still not read by then is cut off (targets.deadline)
+# The longest a collection can take: connecting, then reading until cut off.
+COLLECTION_LEASE = timedelta(seconds=targets.MAX_CONNECT_TIMEOUT_SECONDS + READ_DEADLINE_SECONDS)
 MINIMUM_SERVER_VERSION = 140000
 MARKER = targets.MARKER
 COUNTERS = (
@@ -205,7 +208,7 @@ def _read(database, connection):
             "pg_stat_statements is too old (no " + ", ".join(sorted(missing)) + "): "
             "run ALTER EXTENSION pg_stat_statements UPDATE",
         )
-    taken_at = timezone.now()
+    taken_at = history.app_clock()  # one clock for every collector (see claim_due)
     stats_reset = dealloc = None
     if "pg_stat_statements_info" in columns:
         info = sql.Identifier(schema, "pg_stat_statements_info")
@@ -254,15 +257,21 @@ def _extension_columns(connection):
 
 
 def _statements_query(schema, statement_columns):
+    """The read of the database's statements, but the app's own: marked and run by the
+    session's role, or marked and one of the few utility statements EXPLAIN sends as another
+    role. A role that learnt the marker can hide nothing of its own behind it."""
     top_level_only = sql.SQL(" AND toplevel") if "toplevel" in statement_columns else sql.SQL("")
     return sql.SQL(
         MARKER + " SELECT query, userid, queryid, {counters} FROM {view}"
         " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " AND query IS NOT NULL AND query NOT LIKE {own}{top_level_only}"
+        " AND query IS NOT NULL{top_level_only} AND NOT (query LIKE {marked} AND ("
+        " userid = (SELECT oid FROM pg_roles WHERE rolname = session_user)"
+        " OR query LIKE ANY ({as_other_roles})))"
     ).format(
         counters=sql.SQL(", ").join(sql.Identifier(name) for name in COUNTERS),
         view=sql.Identifier(schema, "pg_stat_statements"),
-        own=sql.Literal(MARKER + "%"),
+        marked=sql.Literal(MARKER + "%"),
+        as_other_roles=sql.Literal([MARKER + pattern for pattern in explain.AS_OTHER_ROLES]),
         top_level_only=top_level_only,
     )
 
@@ -425,13 +434,24 @@ def _known_queries(database, groups, seen_at):
     """{fingerprint: (Query id, its baseline counters or None)} of `groups`, creating a
     Query for each new fingerprint (no baseline: it counts from zero).
 
-    Safe without ON CONFLICT because the caller holds the database's row lock. Fetching
-    all the database's queries is cheaper than filtering on thousands of fingerprints. A
-    Query stored before roles were recorded takes its text and role from one row now:
-    EXPLAIN plans a text as the role that ran that very text.
+    Safe without ON CONFLICT because the caller holds the database's row lock. Only the
+    reading's fingerprints are fetched (the database may have seen many more over time); the
+    queries the reading lacks lose their baseline: evicted, or reset one by one, they count
+    from zero when they come back, as the server does. A Query stored before roles were
+    recorded takes its text and role from one row now: EXPLAIN plans a text as the role that
+    ran that very text.
     """
     baseline = [f"last_{name}" for name in DELTA_COUNTERS]
-    rows = Query.objects.filter(database=database).values_list(
+    present = list(groups)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Query._meta.db_table} SET "
+            + ", ".join(f"{name} = NULL" for name in baseline)
+            + " WHERE database_id = %s AND last_calls IS NOT NULL"
+            " AND NOT fingerprint = ANY(%s::text[])",
+            [database.pk, present],
+        )
+    rows = Query.objects.filter(database=database, fingerprint__in=present).values_list(
         "fingerprint", "pk", "userid", *baseline
     )
     known, without_role = {}, []
@@ -538,7 +558,11 @@ def claim_due(period, limit, name=None, exclude=()):
     other collectors skip them while locked (SKIP LOCKED) and find them not due after the
     commit, so no database is collected twice in a period. Due times follow the app
     database's clock, which collectors on several machines share. `exclude`: ids this
-    collector is still collecting (a hung target outlasting its period)."""
+    collector is still collecting (a hung target outlasting its period).
+
+    The claim is a lease as long as a collection can take (COLLECTION_LEASE), so that
+    another collector does not start a slow target again; release() sets the due time the
+    period after the claim once done. Each database gets `claimed_at` (the app's clock)."""
     with transaction.atomic():
         claimed = list(
             enabled_databases(name)
@@ -547,7 +571,18 @@ def claim_due(period, limit, name=None, exclude=()):
             .order_by(F("next_collection_at").asc(nulls_first=True), "name")
             .select_for_update(skip_locked=True)[:limit]
         )
+        now = history.app_clock()
         MonitoredDatabase.objects.filter(pk__in=[database.pk for database in claimed]).update(
-            next_collection_at=Now() + period, collection_period=period
+            next_collection_at=now + max(period, COLLECTION_LEASE), collection_period=period
         )
+    for database in claimed:
+        database.claimed_at = now
     return claimed
+
+
+def release(database, period):
+    """After collecting a claimed `database`: due again the period after its claim."""
+    MonitoredDatabase.objects.filter(pk=database.pk).update(
+        next_collection_at=database.claimed_at + period
+    )
+

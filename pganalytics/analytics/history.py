@@ -16,11 +16,12 @@ a reading in flight is not refused.
 """
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from psycopg import sql
 
@@ -30,13 +31,16 @@ HOUR = timedelta(hours=1)
 FOREVER = datetime(9999, 12, 31, tzinfo=UTC)  # the open end of the newest raw intervals
 DAY = timedelta(days=1)
 ROLLUP_GRACE = timedelta(minutes=10)
+LOCK_TIMEOUT = "SET LOCAL lock_timeout = '1s'"  # for the DDL on the partitioned tables
+LOCK_NOT_AVAILABLE = "55P03"
 COMPACTION_LOCK = 0x7067612D68697374  # advisory lock key: "pga-hist"
 PARTITIONS_AHEAD = 3  # days made in advance, so collections never wait on DDL
 PARTITIONED = (QueryStat, HourlyStat)
 DELTAS = ("calls", "total_exec_time", "rows", "shared_blks_hit", "shared_blks_read")
 RUNNING = ", ".join(f"running_{name}" for name in DELTAS)
-# The days [from, until) of a database's statements: each one's running totals at the end of
-# its newest day before `until`, less those before `from` (two index lookups a statement).
+# The days [from, until) of a database's statements that moved since `from`: each one's
+# running totals at the end of its newest day before `until`, less those before `from` (two
+# index lookups a statement).
 DAYS_BETWEEN = f"""
 SELECT q.id, {", ".join(f"e.running_{name} - coalesce(s.running_{name}, 0)" for name in DELTAS)}
 FROM pganalytics_query q
@@ -47,7 +51,7 @@ CROSS JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT {RUNNING} FROM pganalytics_dailystat
     WHERE query_id = q.id AND bucket < w.since ORDER BY bucket DESC LIMIT 1) s ON true
-WHERE q.database_id = %s AND w.since < w.until"""
+WHERE q.database_id = %s AND q.last_seen >= w.since AND w.since < w.until"""
 # Remake the days [start, until) from the hourly rollups, each with its statement's running
 # totals: those of its newest day before `start` (none: 0) plus its days so far.
 ROLL_DAYS = f"""
@@ -102,6 +106,7 @@ def ensure_partition(model, moment):
             return
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [name])
+        cursor.execute(LOCK_TIMEOUT)
         cursor.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})"
@@ -132,15 +137,34 @@ def partitions(model):
 def drop_partitions_before(model, cutoff):
     """Drop `model`'s day partitions that end at or before `cutoff`; their days, oldest first.
 
-    Each drop is its own short transaction: it locks the parent table."""
+    Each drop is its own short transaction: it locks the parent table, and gives up after
+    LOCK_TIMEOUT rather than queue every reader and writer behind a long one (a backup);
+    the next compaction drops what is left."""
     dropped = []
     for day, name in sorted(partitions(model).items()):
         if day + DAY > cutoff:
             break
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+        with gives_way() as given_way:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(LOCK_TIMEOUT)
+                cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+        if given_way:
+            break
         dropped.append(day)
     return dropped
+
+
+@contextmanager
+def gives_way():
+    """A list, true once the block gave up waiting for a lock (LOCK_TIMEOUT): DDL on the
+    partitioned tables is left for the next compaction rather than queue everyone."""
+    given_way = []
+    try:
+        yield given_way
+    except OperationalError as error:
+        if getattr(error.__cause__, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        given_way.append(True)
 
 
 @dataclass(frozen=True)
@@ -161,7 +185,8 @@ def span(window, now=None, *, chart=False):
 
     Totals read the fewest rows that give them exactly: up to RAW_RETENTION, the window as
     is, its whole hours from the hourly rollups and its ragged ends raw; beyond, from the day
-    the window starts in, days (a month: 30 rows a statement). A `chart` draws raw intervals
+    the window starts in (but no earlier than DAILY_RETENTION keeps), days as running totals
+    (two rows a statement). A `chart` draws raw intervals
     up to RAW_RETENTION, hours up to HOURLY_RETENTION (from the hour it starts in), days
     beyond. What the rollups do not hold yet comes from the finer tables.
     """
@@ -177,7 +202,7 @@ def span(window, now=None, *, chart=False):
     if chart and window <= settings.HOURLY_RETENTION:
         start = floor_hour(since)
         return Span(start, start, start, max(start, state.hourly_to or start), "hourly")
-    start = floor_day(since)
+    start = max(floor_day(since), floor_day(now - settings.DAILY_RETENTION))  # what is kept
     daily_until = max(start, state.daily_to or start)
     hourly_until = max(daily_until, state.hourly_to or daily_until)
     return Span(start, start, daily_until, hourly_until, "daily")
@@ -284,18 +309,45 @@ def rolled_up_until():
 def compact(now=None):
     """Roll up what is complete, make partitions ahead, apply retention; a Compaction.
 
-    Safe to run from several processes at once: the rollups and retention happen in the one
-    that takes the compaction lock; the others return `skipped`.
+    Safe to run from several processes at once: everything happens in the one that takes
+    the compaction lock (held to the end); the others return `skipped`. `now` defaults to
+    the app database's clock, which collectors share.
     """
-    now = now or timezone.now()
+    with compaction_lock() as held:
+        if not held:
+            return Compaction(skipped=True)
+        return _compact(now or app_clock())
+
+
+@contextmanager
+def compaction_lock():
+    """True when this session holds the compaction lock, for the block."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [COMPACTION_LOCK])
+        held = cursor.fetchone()[0]
+    try:
+        yield held
+    finally:
+        if held:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [COMPACTION_LOCK])
+
+
+def app_clock():
+    """The app database's clock: the one time every collector and compaction shares."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        return cursor.fetchone()[0]
+
+
+def _compact(now):
     for model in PARTITIONED:
         for ahead in range(PARTITIONS_AHEAD + 1):
-            ensure_partition(model, now + ahead * DAY)
+            with gives_way() as given_way:
+                ensure_partition(model, now + ahead * DAY)
+            if given_way:
+                break
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [COMPACTION_LOCK])
-            if not cursor.fetchone()[0]:
-                return Compaction(skipped=True)
         state, _ = RollupState.objects.select_for_update().get_or_create(pk=1)
         done = Compaction()
         done.hours = roll_hours(state, floor_hour(now - ROLLUP_GRACE))
@@ -388,11 +440,13 @@ def _oldest(model, field):
 def delete_snapshots_before(cutoff):
     """Delete snapshots taken before `cutoff` (their raw intervals are gone; kept as long as
     the hourly rollups, they count a window's evictions), but the newest of each database:
-    the next collection measures its interval from it."""
-    newest = Snapshot.objects.order_by("database_id", "-taken_at").distinct("database_id")
-    deleted, _ = (
-        Snapshot.objects.filter(taken_at__lt=cutoff)
-        .exclude(pk__in=newest.values("pk"))
-        .delete()
-    )
-    return deleted
+    the next collection measures its interval from it. In one statement: no answer depends
+    on them any more, so no cached one is moved."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {Snapshot._meta.db_table} s WHERE taken_at < %s AND taken_at < ("
+            f"SELECT max(taken_at) FROM {Snapshot._meta.db_table} n"
+            " WHERE n.database_id = s.database_id)",
+            [cutoff],
+        )
+        return cursor.rowcount

@@ -229,6 +229,12 @@ def top_queries(database, *, window=DEFAULT_WINDOW, order="total", limit=50):
     ]
 
 
+def window_start(window):
+    """Where top_queries() over the last `window` starts: the window's start, or for a window
+    longer than RAW_RETENTION the start of its UTC day (or of what DAILY_RETENTION keeps)."""
+    return history.span(window).start
+
+
 def recent_snapshots(database):
     """The database's last ANOMALY_WINDOW + 2 snapshots, oldest first: the newest
     ANOMALY_WINDOW + 1 are the intervals every anomaly verdict on it is judged over, from the

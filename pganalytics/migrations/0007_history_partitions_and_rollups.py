@@ -309,4 +309,16 @@ class Migration(migrations.Migration):
             ],
         ),
         migrations.RunPython(one_rollup_state, migrations.RunPython.noop),
+        migrations.AddIndex(
+            model_name="query",
+            index=models.Index(fields=["database", "last_seen"], name="query_database_last_seen"),
+        ),
+        migrations.AddIndex(
+            model_name="query",
+            index=models.Index(
+                condition=models.Q(last_calls__isnull=False),
+                fields=["database"],
+                name="query_with_baseline",
+            ),
+        ),
     ]

@@ -18,6 +18,7 @@ from pganalytics.analytics.collector import (
     collect_all,
     enabled_databases,
     outcome_in_own_connection,
+    release,
 )
 from pganalytics.config import parse_period
 from pganalytics.fingerprint import fold_whitespace
@@ -112,7 +113,9 @@ class Command(BaseCommand):
                     if running:
                         done, _ = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
                         for future in done:
-                            self.report(running.pop(future), future.result())
+                            database = running.pop(future)
+                            self.report(database, future.result())
+                            release(database, period)
                     else:
                         time.sleep(poll)
                 except Exception as error:
