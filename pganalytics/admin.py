@@ -71,6 +71,16 @@ class MonitoredDatabaseAdmin(admin.ModelAdmin):
     class Media:
         css = {"all": ["pganalytics/admin.css"]}  # the error column wraps
 
+    def get_deleted_objects(self, objs, request):
+        """What a deletion takes, counted rather than listed: a database's history is
+        millions of rows, deleted set-wise with it (pganalytics.signals)."""
+        deleted = [
+            f"{database.name}: {database.snapshots.count()} snapshots and "
+            f"{database.queries.count()} queries, with their history"
+            for database in objs
+        ]
+        return deleted, {"monitored databases": len(objs)}, set(), []
+
     @admin.display(description="DSN (masked)")
     def masked_dsn(self, database):
         return database.masked_dsn
@@ -125,6 +135,9 @@ class QueryAdmin(ReadOnlyAdmin):
     list_filter = ["database", "parsed"]
     search_fields = ["fingerprint", "text"]
     list_select_related = ["database"]
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # a query's history goes with its database
 
     @admin.display(description="text")
     def short_text(self, query):

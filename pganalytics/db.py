@@ -49,6 +49,20 @@ def database_settings(
     return settings
 
 
+def configured_database(config):
+    """The DATABASES entry of the app's database from the environment (`DATABASE_URL` and the
+    pool's variables): the web app and the ML service read the same variables the same way."""
+    return database_settings(
+        config.database("DATABASE_URL", "postgres://localhost/pganalytics"),
+        pool=config.boolean("DATABASE_POOL", True),
+        max_conns=config.integer("MAX_DATABASE_CONNS", 50, minimum=1),
+        min_conns=config.integer("MAX_IDLE_DATABASE_CONNS", 15),
+        max_idle_time=config.period("DATABASE_CONN_MAX_IDLE_TIME", "10m"),
+        max_lifetime=config.period("DATABASE_CONN_MAX_LIFETIME", "1h"),
+        connect_timeout=config.period("DATABASE_CONNECT_TIMEOUT", "3s"),
+    )
+
+
 def pool_stats(alias="default"):
     """Live figures of the alias' pool in this process; `pooled` False without a pool."""
     pool = connections[alias].pool

@@ -114,7 +114,10 @@ class Query(models.Model):
 
 class Snapshot(models.Model):
     database = models.ForeignKey(
-        MonitoredDatabase, on_delete=models.CASCADE, related_name="snapshots", db_index=False
+        MonitoredDatabase,
+        on_delete=models.DO_NOTHING,  # deleted with the history, set-wise (pganalytics.signals)
+        related_name="snapshots",
+        db_index=False,
     )
     taken_at = models.DateTimeField()
     stats_reset = models.DateTimeField(
@@ -161,9 +164,11 @@ class Snapshot(models.Model):
 
 
 def history_key(to, related_name="+"):
-    """A foreign key of the history tables: no index of its own, no constraint."""
+    """A foreign key of the history tables: no index of its own, no constraint, and no
+    cascade through Django's collector (millions of rows, one by one): their rows go
+    set-wise with their database or snapshot (pganalytics.signals)."""
     return models.ForeignKey(
-        to, on_delete=models.CASCADE, related_name=related_name, db_index=False,
+        to, on_delete=models.DO_NOTHING, related_name=related_name, db_index=False,
         db_constraint=False,
     )
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from caching.config import named_caches
 from pganalytics.config import Config
-from pganalytics.db import database_settings
+from pganalytics.db import configured_database
+from pganalytics.log_config import LOGGING  # noqa: F401 - Django reads it from here
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 config = Config()
@@ -30,6 +31,7 @@ INSTALLED_APPS = [
     "django_prometheus",
     "caching",
     "pganalytics",
+    "mlservice",  # its tables (the service itself runs in its own process: mlservice.settings)
     # After pganalytics: the first app wins a command name, and pganalytics' runserver
     # (staticfiles' own, checking the database first) must win.
     "django.contrib.staticfiles",
@@ -68,17 +70,7 @@ TEMPLATES = [
 ]
 
 # --- database (pganalytics/db.py) -------------------------------------------------------
-DATABASES = {
-    "default": database_settings(
-        config.database("DATABASE_URL", "postgres://localhost/pganalytics"),
-        pool=config.boolean("DATABASE_POOL", True),
-        max_conns=config.integer("MAX_DATABASE_CONNS", 50, minimum=1),
-        min_conns=config.integer("MAX_IDLE_DATABASE_CONNS", 15),
-        max_idle_time=config.period("DATABASE_CONN_MAX_IDLE_TIME", "10m"),
-        max_lifetime=config.period("DATABASE_CONN_MAX_LIFETIME", "1h"),
-        connect_timeout=config.period("DATABASE_CONNECT_TIMEOUT", "3s"),
-    )
-}
+DATABASES = {"default": configured_database(config)}
 # django-prometheus' engine: Django's own, with query and connection counters.
 DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -150,31 +142,3 @@ LOGIN_URL = "pganalytics:login"
 LOGIN_REDIRECT_URL = "pganalytics:databases"
 LOGOUT_REDIRECT_URL = "pganalytics:login"
 CSRF_FAILURE_VIEW = "pganalytics.errors.csrf_failure"
-# One format on stderr, each line with its request's id; Django's own "django" logger hands
-# its records (500s with their traceback) to the root logger instead of printing them twice,
-# runserver's request lines included; a 503 for a database that does not answer is one line,
-# not a traceback per request.
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {
-        "request_id": {"()": "pganalytics.request_id.RequestIdFilter"},
-        "database_down": {"()": "pganalytics.errors.DatabaseDownFilter"},
-    },
-    "formatters": {
-        "line": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
-    },
-    "handlers": {
-        "stderr": {
-            "class": "logging.StreamHandler",
-            "filters": ["request_id"],
-            "formatter": "line",
-        }
-    },
-    "root": {"handlers": ["stderr"], "level": "WARNING"},
-    "loggers": {
-        "django": {"handlers": [], "level": "WARNING"},
-        "django.request": {"filters": ["database_down"]},
-        "django.server": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-    },
-}

@@ -1,13 +1,31 @@
 """Signals other parts of the project connect to, and the project's own receivers."""
 
-from django.db.models.signals import post_delete
+from django.db import connection
+from django.db.models.signals import post_delete, pre_delete
 from django.dispatch import Signal, receiver
 from django.utils import timezone
 
-from pganalytics.models import MonitoredDatabase, Snapshot
+from pganalytics.models import DailyStat, HourlyStat, MonitoredDatabase, QueryStat, Snapshot
 
 # Sent with sender=Snapshot and snapshot=<the new Snapshot>, after its transaction commits.
 snapshot_collected = Signal()
+
+
+@receiver(pre_delete, sender=MonitoredDatabase)
+def database_deleted(sender, instance, **kwargs):
+    """A monitored database's history and snapshots go with it, one statement a table."""
+    with connection.cursor() as cursor:
+        for model in (QueryStat, HourlyStat, DailyStat, Snapshot):
+            cursor.execute(
+                f"DELETE FROM {model._meta.db_table} WHERE database_id = %s", [instance.pk]
+            )
+
+
+@receiver(pre_delete, sender=Snapshot)
+def snapshot_intervals_deleted(sender, instance, **kwargs):
+    """A deleted snapshot's intervals go with it (their rollups stay: what they summed
+    happened)."""
+    QueryStat.objects.filter(snapshot_id=instance.pk, taken_at=instance.taken_at).delete()
 
 
 @receiver(post_delete, sender=Snapshot)

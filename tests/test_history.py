@@ -424,3 +424,36 @@ def test_a_window_longer_than_the_daily_retention_starts_where_the_history_kept_
     assert span.start == start + timedelta(days=1)  # not the statements' whole history
     calls, _ = window_sum(database, span)
     assert calls == raw_sum(database, start + timedelta(days=1), now + timedelta(hours=1))["calls"]
+
+
+def test_a_database_deleted_in_the_admin_takes_its_history_along_set_wise(
+    three_days, admin_client
+):
+    database, start = three_days
+    history.compact(now=start + timedelta(days=3, minutes=30))
+    url = f"/admin/pganalytics/monitoreddatabase/{database.pk}/delete/"
+
+    confirm = admin_client.get(url).content.decode()
+    assert "216 snapshots and 4 queries, with their history" in confirm
+    assert admin_client.post(url, {"post": "yes"}).status_code == 302
+
+    assert not MonitoredDatabase.objects.filter(pk=database.pk).exists()
+    for model in (QueryStat, HourlyStat, DailyStat, Snapshot, Query):
+        assert not model.objects.filter(database_id=database.pk).exists(), model
+
+
+def test_the_migration_goes_back_with_a_baseline_row_for_every_statement(old_database):
+    name, environment = old_database
+    migrate(environment, "pganalytics", "0006")
+    with psycopg.connect(local_dsn(name), autocommit=True) as app:
+        app.execute(OLD_ROWS)
+    migrate(environment)
+
+    migrate(environment, "pganalytics", "0006")
+
+    with psycopg.connect(local_dsn(name), autocommit=True) as app:
+        rows = app.execute(
+            "SELECT snapshot_id, query_id, calls FROM pganalytics_querystat ORDER BY 1, 2"
+        ).fetchall()
+    # what was kept, and the statement that did not move in the newest snapshot, at its baseline
+    assert rows == [(1, 1, 5), (1, 2, 7), (2, 1, 9), (3, 1, 9), (3, 2, 8)]

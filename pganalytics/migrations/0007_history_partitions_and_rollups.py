@@ -110,6 +110,23 @@ UNPARTITIONED_QUERYSTAT = [
         delta_shared_blks_read
     FROM pganalytics_querystat
     """,
+    # The one-table collector compares each statement with the newest snapshot's row: give
+    # every statement one there, from its baseline, or it would count all of it again.
+    """
+    INSERT INTO pganalytics_querystat_unpartitioned (snapshot_id, query_id, calls,
+        total_exec_time, min_exec_time, max_exec_time, mean_exec_time, stddev_exec_time, rows,
+        shared_blks_hit, shared_blks_read, plans, total_plan_time, delta_calls,
+        delta_total_exec_time, delta_mean_exec_time, delta_rows, delta_shared_blks_hit,
+        delta_shared_blks_read)
+    SELECT newest.id, q.id, q.last_calls, q.last_total_exec_time, 0, 0, 0, 0, q.last_rows,
+        q.last_shared_blks_hit, q.last_shared_blks_read, 0, 0, 0, 0, 0, 0, 0, 0
+    FROM pganalytics_query q
+    JOIN LATERAL (SELECT id FROM pganalytics_snapshot s WHERE s.database_id = q.database_id
+                  ORDER BY taken_at DESC LIMIT 1) newest ON true
+    WHERE q.last_calls IS NOT NULL
+    ON CONFLICT (snapshot_id, query_id) DO NOTHING
+    """,
+    "SET CONSTRAINTS ALL IMMEDIATE",  # no pending checks left on the table to be indexed
     "DROP TABLE pganalytics_querystat",
     "ALTER TABLE pganalytics_querystat_unpartitioned RENAME TO pganalytics_querystat",
     "ALTER INDEX pganalytics_querystat_unpartitioned_pkey RENAME TO pganalytics_querystat_pkey",

@@ -44,6 +44,8 @@ WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta
 PERIOD = timedelta(minutes=1)
 TABLES = {"raw": QueryStat, "hourly": HourlyStat, "daily": DailyStat, "snapshots": Snapshot,
           "queries": Query}
+TIERS = {"raw": (QueryStat, "taken_at"), "hourly": (HourlyStat, "bucket"),
+         "daily": (DailyStat, "bucket")}
 # Raw intervals of one chunk of snapshots: statement k moves in the snapshot numbered i when
 # k = j * every + i mod every, for j < moving statements; its deltas are drawn at random.
 GENERATED_INTERVALS = """
@@ -180,16 +182,28 @@ class Command(BaseCommand):
         timings["history_30d"] = best_of(
             repeat, lambda: services.window_points(query, timedelta(days=30))
         )
-        bytes_used = database_size() - empty
+        table_bytes = {name: table_size(model) for name, model in TABLES.items()}
+        # What one statement's day of history costs in each tier while the tier keeps it:
+        # the tier's bytes over the statement-days it holds.
+        per_day = {
+            name: table_bytes[name] / (statements * held_days(model, field))
+            for name, (model, field) in TIERS.items()
+        }
+        kept = {"raw": settings.RAW_RETENTION, "hourly": settings.HOURLY_RETENTION,
+                "daily": settings.DAILY_RETENTION}
         return {
             "statements": statements,
             "days": days,
             "seconds": timings,
             "top_30d_vs_1h": round(timings["30d"] / timings["1h"], 2),
-            "bytes": bytes_used,
-            "bytes_per_statement_day": round(bytes_used / (statements * days), 1),
+            "bytes": database_size() - empty,
+            "bytes_per_statement_day": round(sum(per_day.values()), 1),
+            "tier_bytes_per_statement_day": {name: round(cost, 1) for name, cost in per_day.items()},
+            "steady_bytes_per_statement": round(
+                sum(per_day[name] * kept[name] / timedelta(days=1) for name in TIERS)
+            ),
             "rows": {name: model.objects.count() for name, model in TABLES.items()},
-            "table_bytes": {name: table_size(model) for name, model in TABLES.items()},
+            "table_bytes": table_bytes,
             "rollup_totals_equal": rollups_match_raw(database),
         }
 
@@ -212,10 +226,13 @@ class Command(BaseCommand):
                 f"{name} {size / 2**20:,.1f}" for name, size in figures["table_bytes"].items()
             )
         )
+        tiers = figures["tier_bytes_per_statement_day"]
         self.stdout.write(
-            f"database growth: {figures['bytes'] / 2**20:,.1f} MiB, "
-            f"{figures['bytes_per_statement_day']:,.1f} bytes per statement-day; "
-            f"rollup totals equal to the raw ones: {figures['rollup_totals_equal']}"
+            f"a statement-day costs {figures['bytes_per_statement_day']:,.1f} bytes while every "
+            "tier keeps it (" + ", ".join(f"{name} {cost:,.1f}" for name, cost in tiers.items())
+            + f"); at the retentions set, {figures['steady_bytes_per_statement']:,} bytes a "
+            f"statement, steady; database growth {figures['bytes'] / 2**20:,.1f} MiB; rollup "
+            f"totals equal to the raw ones: {figures['rollup_totals_equal']}"
         )
 
 
@@ -272,6 +289,12 @@ def table_size(model):
             [model._meta.db_table] * 2,
         )
         return int(cursor.fetchone()[0])
+
+
+def held_days(model, field):
+    """Days of history `model` holds, from its oldest row to now."""
+    oldest = model.objects.order_by(field).values_list(field, flat=True).first()
+    return max((timezone.now() - oldest) / timedelta(days=1), 1 / 24) if oldest else 1
 
 
 def database_size():

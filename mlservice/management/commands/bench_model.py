@@ -1,0 +1,327 @@
+"""`manage.py bench_model [--databases 3] [--statements 24] [--days 2] [--json]`: the latency
+model on a realistic history, against both baselines, and how fast it predicts.
+
+In a scratch app database of its own (bench_history's scratch_app_database), `--databases`
+monitored databases get `--statements` statements each, of the shapes an application runs
+(point lookups, joins, aggregates and reports, writes), collected every `--period` seconds for
+`--days` up to now: generated in numpy and written with COPY, not run in real time. The load
+follows a daily cycle (each database's users in a time zone of their own), with a trend and
+noise of its own per database; latency follows the load (contention), tables grow under the
+scans, each statement drifts slowly, checkpoints slow a whole database for an interval now and
+then, and `--regressions` statements lose an index for a while or for good (a step up in
+latency and block reads). Each interval's mean is that of its calls, each call's latency drawn
+around the statement's level.
+
+Then train() as the service's jobs do, the held-out figures of the model and both baselines
+printed, and Predictor.predict timed for one row and for a batch of 500 (median of
+`--repeat` runs).
+"""
+
+import json
+import math
+import statistics
+import time
+import timeit
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+from scipy.signal import lfilter
+from tqdm import tqdm
+
+from mlservice.management.commands.train_model import metrics_table, progress_bar
+from mlservice.training import HELD_OUT, load_examples, train
+from pganalytics.analytics import history
+from pganalytics.analytics.collector import COUNTERS, Reading, copy_rows, store
+from pganalytics.analytics.features import FEATURE_NAMES
+from pganalytics.management.commands.bench_history import scratch_app_database
+from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of statement: medians of its figures (each statement draws its own around
+    them), how much each call varies, how latency grows with load and with its tables."""
+
+    latency_ms: float
+    calls_per_minute: float
+    rows_per_call: float
+    blocks_per_call: float
+    call_variation: float  # coefficient of variation of one call's latency
+    contention: float  # latency × (1 + contention × (load - 1)²) above the usual load
+    growth: float  # up to this much slower by the end of the history: its tables grow
+    regression: tuple = ()  # (low, high) latency factor when its index is dropped
+
+
+KINDS = {
+    "lookup": Kind(0.1, 200, 1, 4, 0.5, 0.1, 0.0, (20, 60)),
+    "join": Kind(5, 20, 30, 300, 0.6, 0.3, 0.3, (5, 15)),
+    "aggregate": Kind(200, 0.6, 20, 40_000, 0.3, 0.5, 0.4),
+    "write": Kind(0.5, 50, 1, 8, 0.8, 0.6, 0.0),
+}
+# {n} tells a statement's variants apart: a table's name is not part of a fingerprint where
+# the table has an alias, the alias is.
+SHAPES = (
+    ("lookup", "SELECT id, name, email FROM customers{n} WHERE id = $1"),
+    ("lookup", "SELECT * FROM products{n} WHERE sku = $1"),
+    ("lookup", "SELECT balance FROM accounts{n} WHERE account_id = $1 FOR UPDATE"),
+    ("join", "SELECT o{n}.id, o{n}.total, c{n}.name FROM orders{n} o{n} JOIN customers{n} c{n}"
+             " ON c{n}.id = o{n}.customer_id WHERE o{n}.created_at > $1"
+             " ORDER BY o{n}.created_at DESC LIMIT $2"),
+    ("join", "SELECT p{n}.name, sum(i{n}.quantity) FROM order_items{n} i{n} JOIN products{n} p{n}"
+             " ON p{n}.id = i{n}.product_id JOIN orders{n} o{n} ON o{n}.id = i{n}.order_id"
+             " WHERE o{n}.customer_id = $1 GROUP BY p{n}.name"),
+    ("aggregate", "SELECT date_trunc('hour', created_at), count(*), sum(total)"
+                  " FROM orders{n} WHERE created_at > $1 GROUP BY 1 ORDER BY 1"),
+    ("aggregate", "SELECT status, count(*), avg(total) FROM invoices{n} GROUP BY status"),
+    ("aggregate", "WITH recent AS (SELECT customer_id, sum(total) AS spent FROM orders{n}"
+                  " WHERE created_at > $1 GROUP BY customer_id) SELECT c.name, r.spent"
+                  " FROM recent r JOIN customers{n} c ON c.id = r.customer_id"
+                  " ORDER BY r.spent DESC LIMIT 20"),
+    ("write", "INSERT INTO orders{n} (customer_id, total, created_at) VALUES ($1, $2, $3)"),
+    ("write", "UPDATE accounts{n} SET balance = balance + $1 WHERE account_id = $2"),
+    ("write", "DELETE FROM sessions{n} WHERE expires_at < $1"),
+    ("write", "INSERT INTO events{n} (kind, payload) SELECT $1, $2 WHERE NOT EXISTS"
+              " (SELECT 1 FROM events{n} WHERE kind = $1 AND payload = $2)"),
+)
+CHECKPOINT_SHARE = 0.01  # intervals in which a checkpoint slows a whole database
+BATCH = 500
+
+
+class Command(BaseCommand):
+    help = "Train the latency model on a generated history; model vs baselines, predict timings."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--databases", type=int, default=3)
+        parser.add_argument("--statements", type=int, default=24, help="per database")
+        parser.add_argument("--days", type=float, default=2.0)
+        parser.add_argument("--period", type=int, default=60, help="seconds between snapshots")
+        parser.add_argument("--regressions", type=int, default=4,
+                            help="lookups and joins that lose an index at some point")
+        parser.add_argument("--repeat", type=int, default=100, help="timed runs per prediction")
+        parser.add_argument("--seed", type=int, default=9)
+        parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    def handle(self, *args, databases, statements, days, period, regressions, repeat, seed,
+               json, **options):
+        intervals = int(days * 86400 / period)
+        if databases < 1 or statements < 1 or intervals < 100 or period < 1 or repeat < 1:
+            raise CommandError("needs --databases >= 1, --statements >= 1, --repeat >= 1 and "
+                               "at least 100 snapshots (--days × 86400 / --period)")
+        scratch = f"{settings.DATABASES['default']['NAME']}_bench_model"
+        with scratch_app_database(scratch):
+            call_command("migrate", verbosity=0)
+            started = time.monotonic()
+            workloads = generate(np.random.default_rng(seed), databases, statements, intervals,
+                                 timedelta(seconds=period), regressions, quiet=json)
+            generated = time.monotonic() - started
+            with progress_bar(disable=json) as progress:  # a day more: all of it, however
+                outcome = train(math.ceil(days) + 1, progress)  # long generating it took
+            trained = time.monotonic() - started - generated
+            if outcome.predictor is None:
+                raise CommandError(outcome.reason)
+            rows = feature_rows(load_examples(timezone.now() - timedelta(days=days)), BATCH)
+        floor = noise_floor(workloads, since=int(intervals * (1 - HELD_OUT)))
+        figures = {
+            **outcome.metrics,
+            "accepted": outcome.accepted,
+            "noise_floor_mae_ms": floor,
+            "noise_floor_vs_best_baseline": floor / outcome.metrics["baseline_mae_ms"],
+            "databases": databases,
+            "statements": databases * statements,
+            "snapshots": intervals,
+            "generated_seconds": round(generated, 1),
+            "train_seconds": round(trained, 1),
+            "predict_ms": median_ms(repeat, lambda: outcome.predictor.predict(rows[:1])),
+            "batch500_ms": median_ms(repeat, lambda: outcome.predictor.predict(rows)),
+        }
+        self.report(figures, outcome.reason, json)
+
+    def report(self, figures, reason, as_json):
+        if as_json:
+            self.stdout.write(json.dumps(figures))
+            return
+        self.stdout.write(
+            f"bench_model: {figures['databases']} databases, {figures['statements']} "
+            f"statements, {figures['snapshots']:,} snapshots each, generated in "
+            f"{figures['generated_seconds']} s, trained in {figures['train_seconds']} s"
+        )
+        for line in metrics_table(figures):
+            self.stdout.write(line)
+        self.stdout.write(
+            f"{'knowing every level':<20}{figures['noise_floor_mae_ms']:>12.3f}   (the noise "
+            f"floor, about the same intervals: {figures['noise_floor_vs_best_baseline']:.2f}× "
+            "the better baseline's MAE)"
+        )
+        self.stdout.write(reason)
+        goals = (figures["mae_vs_best_baseline"] <= 0.9, 0.75 <= figures["coverage_80"] <= 0.85)
+        self.stdout.write(
+            f"goals: MAE ≤ 0.9× the better baseline's: {'met' if goals[0] else 'NOT met'} "
+            f"({figures['mae_vs_best_baseline']:.2f}×); 80 % interval holding 75-85 %: "
+            f"{'met' if goals[1] else 'NOT met'} ({figures['coverage_80']:.1%})"
+        )
+        self.stdout.write(
+            f"Predictor.predict, median of runs: one row {figures['predict_ms']:.2f} ms, "
+            f"a batch of {BATCH} {figures['batch500_ms']:.2f} ms"
+        )
+
+
+def generate(rng, databases, statements, intervals, period, regressions, quiet=True):
+    """`databases` monitored databases of `statements` statements each, their snapshots every
+    `period` and every interval with calls of the `intervals` up to now; their Workloads."""
+    start = timezone.now() - intervals * period
+    texts = [SHAPES[number % len(SHAPES)][1].format(n=f"_{number // len(SHAPES)}"
+                                                    if number >= len(SHAPES) else "")
+             for number in range(statements)]
+    kinds = [KINDS[SHAPES[number % len(SHAPES)][0]] for number in range(statements)]
+    indexed = [(database, number) for database in range(databases)
+               for number, kind in enumerate(kinds) if kind.regression]
+    broken = rng.choice(indexed, size=min(regressions, len(indexed)), replace=False).tolist()
+    for day in range(int(intervals * period / timedelta(days=1)) + 2):
+        history.ensure_partition(QueryStat, start + day * timedelta(days=1))
+    workloads = []
+    for number in tqdm(range(databases), desc="databases generated", disable=quiet):
+        database = MonitoredDatabase.objects.create(name=f"bench-{number}", dsn="host=bench")
+        workload = Workload(rng, kinds, intervals, period,
+                            [which for owner, which in broken if owner == number])
+        store(database, workload.reading(texts, start), started=0.0)
+        by_text = dict(Query.objects.filter(database=database).values_list("text", "pk"))
+        snapshots = Snapshot.objects.bulk_create(
+            Snapshot(database=database, taken_at=start + (step + 1) * period,
+                     statement_count=statements, duration_ms=0.0)
+            for step in range(intervals)
+        )
+        copy_rows(QueryStat, workload.query_stats(
+            database, [by_text[text] for text in texts], snapshots, period
+        ))
+        workloads.append(workload)
+    return workloads
+
+
+def noise_floor(workloads, since):
+    """The MAE, over the intervals with calls from the `since`-th on, of a predictor that knew
+    each statement's latency level in each of them (known to the generator only): what is left
+    is the calls' own variation, which nothing can predict."""
+    return float(np.concatenate([workload.noise(since) for workload in workloads]).mean())
+
+
+class Workload:
+    """One database's statements over `intervals`: arrays with a row per statement and a
+    column per interval."""
+
+    def __init__(self, rng, kinds, intervals, period, broken):
+        minutes = period / timedelta(minutes=1)
+        spread = rng.lognormal(0, 0.5, (5, len(kinds), 1))
+
+        def figure(name):
+            return np.array([[getattr(kind, name)] for kind in kinds])
+
+        self.base_ms = figure("latency_ms") * spread[0]
+        self.rate = figure("calls_per_minute") * spread[1] * minutes
+        self.rows_per_call = figure("rows_per_call") * spread[2]
+        self.variation = figure("call_variation") * spread[3] ** 0.4
+        progress = np.arange(intervals) / intervals
+        hours = rng.uniform(0, 24) + np.arange(intervals) * minutes / 60  # its users' clock
+        load = (
+            (1 + 0.6 * np.sin(2 * np.pi * (hours - 9) / 24))
+            * (1 + rng.uniform(-0.1, 0.3) * progress)
+            * np.exp(ar1(rng, 0.9, 0.05, (1, intervals)))
+        )
+        checkpoint = rng.random(intervals) < CHECKPOINT_SHARE
+        slowdown = np.where(checkpoint, rng.uniform(1.5, 4, intervals), 1.0)
+        regression = np.ones((len(kinds), intervals))
+        for number in broken:
+            low, high = kinds[number].regression
+            dropped = rng.integers(int(0.2 * intervals), int(0.95 * intervals))
+            restored = intervals  # for good, or after 2 to 12 hours:
+            if rng.random() < 0.5:
+                restored = dropped + int(rng.integers(120, 720) / minutes)
+            regression[number, dropped:restored] = rng.uniform(low, high)
+        growth = 1 + figure("growth") * rng.uniform(0, 1, (len(kinds), 1)) * progress
+        self.level_ms = (
+            self.base_ms * growth * regression * slowdown
+            * (1 + figure("contention") * spread[4] * np.maximum(load - 1, 0) ** 2)
+            * np.exp(ar1(rng, 0.99, 0.03, (len(kinds), intervals)))
+        )
+        self.calls = rng.poisson(self.rate * load)
+        ran = self.calls > 0
+        totals = rng.gamma(np.maximum(self.calls, 1) / self.variation ** 2,
+                           self.level_ms * self.variation ** 2)
+        self.total_ms = np.where(ran, totals, 0.0)
+        self.blocks = figure("blocks_per_call") * spread[2] * growth * regression * self.calls
+        self.read_share = np.where(regression > 1, 0.3, np.where(checkpoint, 0.1, 0.01))
+        self.prior_calls = np.round(self.rate[:, 0] * 1440 / minutes) + 1  # a day before
+
+    def noise(self, since):
+        """|mean latency - the statement's level| of each interval with calls from `since` on."""
+        calls, ran = self.calls[:, since:], self.calls[:, since:] > 0
+        return np.abs(self.total_ms[:, since:][ran] / calls[ran] - self.level_ms[:, since:][ran])
+
+    def reading(self, texts, moment):
+        """The first snapshot's reading: a day of calls at each statement's usual latency."""
+        rows = []
+        for text, calls, latency in zip(texts, self.prior_calls, self.base_ms[:, 0]):
+            counters = dict.fromkeys(COUNTERS, 0)
+            counters.update(calls=int(calls), total_exec_time=calls * latency,
+                            mean_exec_time=latency, rows=int(calls), shared_blks_hit=int(calls))
+            rows.append((text, 10, None, *counters.values()))
+        return Reading(taken_at=moment, stats_reset=None, rows=rows)
+
+    def query_stats(self, database, queries, snapshots, period):
+        """QueryStat rows (dicts) of every interval with calls; cumulative counters from the
+        first snapshot's on, the standard deviation over every call since then."""
+        prior = self.prior_calls[:, None]
+        calls = prior + np.cumsum(self.calls, axis=1)
+        total = prior * self.base_ms + np.cumsum(self.total_ms, axis=1)
+        # Expected square of one call's latency: level² × (1 + variation²), summed over calls.
+        squares = self.calls * self.level_ms ** 2 * (1 + self.variation ** 2)
+        base_squares = prior * self.base_ms ** 2 * (1 + self.variation ** 2)
+        mean = total / calls
+        stddev = np.sqrt(np.maximum((base_squares + np.cumsum(squares, axis=1)) / calls
+                                    - mean ** 2, 0))
+        rows = np.round(self.rows_per_call * self.calls)
+        read = np.round(self.blocks * self.read_share)
+        hit = np.round(self.blocks) - read
+        cumulative_rows, cumulative_hit, cumulative_read = (
+            prior + np.cumsum(rows, axis=1), prior + np.cumsum(hit, axis=1),
+            np.cumsum(read, axis=1),
+        )
+        for number, step in zip(*np.nonzero(self.calls)):
+            yield {
+                "query_id": queries[number], "taken_at": snapshots[step].taken_at,
+                "snapshot_id": snapshots[step].pk, "database_id": database.pk, "queryid": None,
+                "calls": int(calls[number, step]), "total_exec_time": total[number, step],
+                "min_exec_time": mean[number, step], "max_exec_time": mean[number, step],
+                "mean_exec_time": mean[number, step], "stddev_exec_time": stddev[number, step],
+                "rows": int(cumulative_rows[number, step]),
+                "shared_blks_hit": int(cumulative_hit[number, step]),
+                "shared_blks_read": int(cumulative_read[number, step]),
+                "plans": 0, "total_plan_time": 0.0,
+                "interval_seconds": period.total_seconds(),
+                "delta_calls": int(self.calls[number, step]),
+                "delta_total_exec_time": self.total_ms[number, step],
+                "delta_mean_exec_time": self.total_ms[number, step] / self.calls[number, step],
+                "delta_rows": int(rows[number, step]), "delta_shared_blks_hit":
+                int(hit[number, step]), "delta_shared_blks_read": int(read[number, step]),
+            }
+
+
+def ar1(rng, persistence, noise, shape):
+    """Autoregressive noise along the last axis: x[t] = persistence × x[t-1] + N(0, noise)."""
+    return lfilter([1.0], [1.0, -persistence], rng.normal(0, noise, shape), axis=-1)
+
+
+def feature_rows(examples, count):
+    """`count` feature dicts of examples spread over every statement, as the service
+    receives them."""
+    every = max(1, len(examples.features) // count)
+    return [dict(zip(FEATURE_NAMES, row)) for row in examples.features[::every][:count].tolist()]
+
+
+def median_ms(repeat, call):
+    """The median of `repeat` timed calls, in milliseconds."""
+    return statistics.median(timeit.repeat(call, number=1, repeat=repeat)) * 1000
