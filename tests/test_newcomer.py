@@ -38,10 +38,14 @@ def documented_rows():
     return dict(re.findall(r"^\| `([A-Z0-9_]+)` \|(.*)$", CONFIGURATION, re.MULTILINE))
 
 
+SETTINGS_READERS = ["pganalytics/settings.py", "pganalytics/db.py", "mlservice/settings.py"]
+
+
 def test_every_variable_the_settings_read_is_documented_with_its_default():
-    tree = ast.parse((ROOT / "pganalytics" / "settings.py").read_text())
+    trees = [ast.parse((ROOT / path).read_text()) for path in SETTINGS_READERS]
     read = {
         call.args[0].value: call.args[1].value
+        for tree in trees
         for call in ast.walk(tree)
         if isinstance(call, ast.Call)
         and isinstance(call.func, ast.Attribute)
