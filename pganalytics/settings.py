@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_prometheus",
     "caching",
+    "mlclient",
     "pganalytics",
     "mlservice",  # its tables (the service itself runs in its own process: mlservice.settings)
     # After pganalytics: the first app wins a command name, and pganalytics' runserver
@@ -113,6 +114,8 @@ RETRY_BACKOFF_MULTIPLIER = config.number("RETRY_BACKOFF_MULTIPLIER", 2.0, minimu
 RETRY_MAX_BACKOFF = config.duration("RETRY_MAX_BACKOFF", "2s")
 CIRCUIT_FAILURE_THRESHOLD = config.integer("CIRCUIT_FAILURE_THRESHOLD", 5, minimum=1)
 CIRCUIT_RESET_TIMEOUT = config.period("CIRCUIT_RESET_TIMEOUT", "30s")
+# Every call to the service forwards the id of the request being served (X-Request-ID).
+MLCLIENT_REQUEST_ID = "pganalytics.request_id.current_request_id"
 
 # --- analytics (pganalytics/analytics/explain.py, anomalies.py) -------------------------
 EXPLAIN_STATEMENT_TIMEOUT = config.period("EXPLAIN_STATEMENT_TIMEOUT", "2s")
