@@ -5,7 +5,7 @@ JSON body, headers), a Reset (the connection closed with an RST), a Stall (no an
 while, then the next behaviour), or a Gate (the answer waits until the test opens it).
 Without a script every request is answered as the ML service would (`service_answer`).
 The server records each request (arrival time, path, headers, body, connection number)
-and counts connections. Answers are written in one send, so no Nagle delay skews times.
+and counts connections; `close()` stops it answering at all. Answers are written in one send, so no Nagle delay skews times.
 """
 
 import json
@@ -91,6 +91,7 @@ class FaultServer:
         self.version = "v-test"  # the model version the default answers carry
         self.received = []
         self.connections = 0
+        self.sockets = []  # every accepted connection, shut at close()
         self.lock = threading.Lock()
         self.closing = threading.Event()
         self.server = ThreadingTCPServer(("127.0.0.1", 0), self.handler_class())
@@ -107,9 +108,16 @@ class FaultServer:
         return [request for request in self.received if request.path == path]
 
     def close(self):
+        """Stop listening and cut the open connections: nothing answers any more."""
         self.closing.set()
         self.server.shutdown()
         self.server.server_close()
+        with self.lock:
+            for accepted in self.sockets:
+                try:
+                    accepted.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already closed
+                    pass
 
     def handler_class(self):
         fault_server = self
@@ -122,6 +130,7 @@ class FaultServer:
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with fault_server.lock:
                     fault_server.connections += 1
+                    fault_server.sockets.append(self.connection)
                     self.number = fault_server.connections
 
             def do_GET(self):
