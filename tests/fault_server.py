@@ -2,10 +2,11 @@
 
 Each request takes the next step of the script (the last step repeats): an Answer (status,
 JSON body, headers), a Reset (the connection closed with an RST), a Stall (no answer for a
-while, then the next behaviour), or a Gate (the answer waits until the test opens it).
+while, then the answer given), or a Gate (the answer waits until the test opens it).
 Without a script every request is answered as the ML service would (`service_answer`).
 The server records each request (arrival time, path, headers, body, connection number)
-and counts connections; `close()` stops it answering at all. Answers are written in one send, so no Nagle delay skews times.
+and counts connections; `close()` stops it answering at all. Answers are written in one
+send, so no Nagle delay skews times.
 """
 
 import json
