@@ -75,8 +75,12 @@ def pooled_session(pool_size, retry, not_idempotent=()):
 
     URLs starting with one of `not_idempotent` (starting a training job) are retried only
     when the connection could not be made: a request the server may have received is not
-    sent twice."""
+    sent twice.
+
+    The environment is not read (`trust_env` off): the service's address is configured, and
+    requests would otherwise look for proxies and a .netrc on every call (~0.15 ms here)."""
     session = requests.Session()
+    session.trust_env = False
     adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

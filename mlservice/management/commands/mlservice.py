@@ -1,6 +1,6 @@
 """`manage.py mlservice --bind 127.0.0.1:8081 [--workers N]`: the ML service.
 
-Two child processes under mlservice.settings: gunicorn (sync workers; mlservice.gunicorn_conf)
+Two child processes under mlservice.settings: gunicorn (mlservice.gunicorn_conf: keep-alive)
 serving the v1 contract, and the training-job runner (`manage.py mlservice_runner`), apart from
 the workers so that a job outlives the worker that accepted it and training takes no worker's
 time. A runner that dies is started again (the job it held is marked failed once its heartbeat
