@@ -2,15 +2,19 @@
 retry policy (which failures, how long between tries, Retry-After capped), timeouts, 4xx,
 the circuit breaker's transitions with real calls, connection reuse and request ids."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
 from django.test import override_settings
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from mlclient import BadRequest, CircuitOpen, MLClient, ServiceUnavailable
 from tests.fault_server import Answer, FaultServer, Gate, Reset, Stall
-from tests.mlservice_process import features
+from tests.mlservice_process import ROOT, features
 from tests.test_workers import until
 
 INCOMING_ID = "incoming-0123"
@@ -432,3 +436,23 @@ def test_an_open_breaker_call_sends_nothing_and_returns_at_once(serve):
             client.health()
     assert len(server.received) == 3
     assert client.stats()["calls"] == 1003
+
+
+def test_metrics_are_written_per_process_in_multiprocess_mode(serve, tmp_path):
+    """With PROMETHEUS_MULTIPROC_DIR set before Python starts, as under gunicorn: two
+    processes' calls add up in what a scrape reads."""
+    server = serve(Answer(503), Answer(200))
+    script = (
+        "from mlclient import MLClient\n"
+        f"MLClient({server.url!r}, backoff_initial=0.01).health()\n"
+    )
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment, check=True,
+                       timeout=60)
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    assert registry.get_sample_value("mlclient_calls_total", {"outcome": "ok"}) == 2
+    assert registry.get_sample_value("mlclient_retries_total") == 1  # the script's one 503
+    assert registry.get_sample_value("mlclient_call_seconds_count") == 2
