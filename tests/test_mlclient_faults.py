@@ -8,11 +8,13 @@ import sys
 import threading
 
 import pytest
+from django.http import HttpResponse
 from django.test import override_settings
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from mlclient import BadRequest, CircuitOpen, MLClient, ServiceUnavailable
+from pganalytics.request_id import RequestIdMiddleware
 from tests.fault_server import Answer, FaultServer, Gate, Reset, Stall
 from tests.mlservice_process import ROOT, features
 from tests.test_workers import until
@@ -456,3 +458,19 @@ def test_metrics_are_written_per_process_in_multiprocess_mode(serve, tmp_path):
     assert registry.get_sample_value("mlclient_calls_total", {"outcome": "ok"}) == 2
     assert registry.get_sample_value("mlclient_retries_total") == 1  # the script's one 503
     assert registry.get_sample_value("mlclient_call_seconds_count") == 2
+
+
+def test_a_page_views_id_follows_it_to_the_service(serve, settings, rf):
+    """The project's setting: pganalytics.request_id's middleware sets the id, the client
+    reads it through MLCLIENT_REQUEST_ID while the page is served."""
+    server = serve()
+    settings.ML_SERVICE_URL = server.url
+
+    def page(request):
+        MLClient.from_settings().health()
+        return HttpResponse("ok")
+
+    response = RequestIdMiddleware(page)(rf.get("/", HTTP_X_REQUEST_ID="page-view-77"))
+
+    assert response["X-Request-ID"] == "page-view-77"
+    assert server.received[0].headers["X-Request-ID"] == "page-view-77"
