@@ -108,6 +108,8 @@ class MLClient:
         return TrainingJob.from_json(answer)
 
     def training_status(self, job_id):
+        """The job's state. Its URL starts as train's does, so it too is retried only when
+        the connection could not be made."""
         return TrainingJob.from_json(self._call("GET", f"/api/v1/train/{job_id}"))
 
     def model_info(self):
