@@ -46,7 +46,10 @@ def last_good_key(fingerprint, scenario):
         lock=threading.Lock())
 def model_version(client):
     """The version the service answers with now, learnt at most every VERSION_TTL seconds
-    (a failure is not remembered: the next call asks again, or meets the open breaker)."""
+    (a failure is not remembered: the next call asks again, or meets the open breaker).
+
+    Concurrent first calls may each ask (a lock, not cachetools' `condition`): waiting in
+    line behind a stalled service's timeouts would cost each caller all the earlier ones'."""
     return client.model_info().model_version
 
 
