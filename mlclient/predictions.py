@@ -17,7 +17,9 @@ TTL is PREDICTION_CACHE_TTL), so a new model moves every key at once; the model 
 asked of the service at most every VERSION_TTL seconds per process. The last good value
 is kept under `prediction-last:{fingerprint}:{scenario}` for LAST_GOOD_TTL. Concurrent
 misses of one key ask the service once (the cache's single-flight get_or_set); a batch
-asks, in one predict_batch call, only for the keys not cached.
+asks, in one predict_batch call, only for the keys not cached. When that one call finds the
+service unavailable, the failure is kept for FAILURE_TTL under `prediction-failed:...`, so the
+callers queued behind it do not each wait for a timeout of their own.
 """
 
 import threading
@@ -27,11 +29,12 @@ from cachetools import TTLCache, cached
 from django.core.cache import caches
 
 from mlclient.client import MLClient
-from mlclient.errors import BadRequest, MLServiceError
+from mlclient.errors import BadRequest, MLServiceError, ServiceUnavailable
 from mlclient.results import Prediction, PredictionError, PredictionUnavailable
 
 VERSION_TTL = 5.0  # seconds between two questions for the current model version
 LAST_GOOD_TTL = 24 * 3600  # seconds a last good prediction stays available as stale
+FAILURE_TTL = 5  # seconds a key's failed call answers for the calls queued behind it
 
 
 def prediction_key(fingerprint, scenario, model_version):
@@ -40,6 +43,10 @@ def prediction_key(fingerprint, scenario, model_version):
 
 def last_good_key(fingerprint, scenario):
     return f"prediction-last:{fingerprint}:{scenario}"
+
+
+def failure_key(fingerprint, scenario):
+    return f"prediction-failed:{fingerprint}:{scenario}"
 
 
 @cached(TTLCache(maxsize=16, ttl=VERSION_TTL), key=lambda client: client.base_url,
@@ -105,7 +112,16 @@ class CachedPredictions:
         return [results[key] for key in keys]
 
     def _ask(self, client, cache, fingerprint, features, scenario):
-        prediction = client.predict(fingerprint, features, scenario)
+        """The service's prediction, kept as the last good one; a caller that waited for
+        another's failed call gets that failure instead of trying again."""
+        failed = cache.get(failure_key(fingerprint, scenario))
+        if failed is not None:
+            raise ServiceUnavailable(failed)
+        try:
+            prediction = client.predict(fingerprint, features, scenario)
+        except ServiceUnavailable as error:
+            cache.set(failure_key(fingerprint, scenario), str(error), FAILURE_TTL)
+            raise
         cache.set(last_good_key(fingerprint, scenario), prediction, LAST_GOOD_TTL)
         return prediction
 

@@ -10,7 +10,7 @@ from django.core.cache import caches
 
 from mlclient import MLClient, Prediction, PredictionError, PredictionUnavailable
 from mlclient.predictions import CachedPredictions, model_version, prediction_key
-from tests.fault_server import Answer, FaultServer, Gate
+from tests.fault_server import Answer, FaultServer, Gate, Stall
 from tests.mlservice_process import Service, features
 from tests.test_workers import until
 
@@ -227,3 +227,25 @@ def test_a_stopped_real_service_gives_the_last_good_value_stale(tmp_path):
     stale = predictions.current("abc", features(mean_ms=12.0))
 
     assert stale.stale and stale.predicted_ms == 12.0
+
+
+def test_callers_queued_behind_a_timed_out_call_get_its_failure_at_once(server):
+    """One read timeout for all of them, not one each: the service is asked once."""
+    predictions = cached_predictions(server.url, read_timeout=0.5)
+    model_version(predictions.client)
+    server.script = [Stall(5.0)]
+    answers = []
+
+    def call():
+        answers.append(predictions.current("slow", features()))
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert len(answers) == 8
+    assert all(isinstance(a, PredictionUnavailable) and "timed out" in a.reason
+               for a in answers)
+    assert len(server.requests_to("/api/v1/predict")) == 1
