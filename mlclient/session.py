@@ -78,7 +78,7 @@ def pooled_session(pool_size, retry, not_idempotent=()):
     sent twice.
 
     The environment is not read (`trust_env` off): the service's address is configured, and
-    requests would otherwise look for proxies and a .netrc on every call (~0.15 ms here)."""
+    requests would otherwise look for proxies and a .netrc on every call (0.18 ms here)."""
     session = requests.Session()
     session.trust_env = False
     adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=retry)
