@@ -474,3 +474,19 @@ def test_a_page_views_id_follows_it_to_the_service(serve, settings, rf):
 
     assert response["X-Request-ID"] == "page-view-77"
     assert server.received[0].headers["X-Request-ID"] == "page-view-77"
+
+
+def test_a_fresh_process_shows_the_series_on_metrics_before_any_call():
+    script = (
+        "import django; django.setup()\n"
+        "from django.test import Client\n"
+        "print(Client(HTTP_HOST='localhost').get('/metrics').content.decode())\n"
+    )
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "pganalytics.settings"}
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    shown = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment,
+                           check=True, capture_output=True, text=True, timeout=60).stdout
+
+    for outcome in ("ok", "bad_request", "unavailable", "circuit_open"):
+        assert f'mlclient_calls_total{{outcome="{outcome}"}} 0.0' in shown
+    assert "mlclient_breaker_state 0.0" in shown and "mlclient_retries_total 0.0" in shown
