@@ -32,6 +32,7 @@ WINDOW_CHOICES = ("1h", "6h", "24h", "7d")
 HISTORY_WINDOWS = ("24h", "7d", "30d", "365d")  # the query page's; by default its recent intervals
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_WINDOW = timedelta(days=3660)
+OVERVIEW_TOP = 10  # statements on a database's overview
 OVERDUE_PERIODS = 2  # a database not collected for this many of its periods is overdue
 FINGERPRINT_FORMAT = re.compile(r"[0-9a-f]{16}|x[0-9a-f]{15}")  # pglast's, or the fallback
 PREDICTION_PLACEHOLDER = {
@@ -85,10 +86,13 @@ def one_value(params, name, default):
 
 def top_query_params(params):
     """{"window", "order"} for top_queries() from a request's query parameters."""
-    return {
-        "window": parse_window(one_value(params, "window", DEFAULT_WINDOW_TEXT)),
-        "order": parse_order(one_value(params, "order", DEFAULT_ORDER)),
-    }
+    window = overview_params(params)
+    return {**window, "order": parse_order(one_value(params, "order", DEFAULT_ORDER))}
+
+
+def overview_params(params):
+    """{"window"} for database_overview(), read as top_query_params() reads it."""
+    return {"window": parse_window(one_value(params, "window", DEFAULT_WINDOW_TEXT))}
 
 
 def query_detail_params(params):
@@ -197,23 +201,39 @@ class TopQuery:
     blocks_hit: int
     blocks_read: int
     hit_ratio: float | None
+    share: float | None  # of the database's total time in the window (None: no time at all)
+    anomaly: str | None = None  # the severity of its open anomaly, set by mark_anomalies()
 
 
-def top_queries(database, *, window=DEFAULT_WINDOW, order="total", limit=50):
+@dataclass
+class Workload:
+    """A database's statements over a window: the top ones, and the totals of all of them
+    (what each one's share is a share of)."""
+
+    queries: list
+    statements: int
+    calls: int
+    total_ms: float
+
+
+def workload(database, *, window=DEFAULT_WINDOW, order="total", limit=50):
     """Queries ranked by the sum of their interval deltas over the last `window`, from the
-    resolution that fits it (history.span: a long window starts at a day boundary)."""
+    resolution that fits it (history.span: a long window starts at a day boundary), with the
+    totals of every statement that ran in it."""
     totals, params = history.window_totals(database.id, history.span(window))
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT q.fingerprint, q.text, t.calls, t.total_exec_time AS total_ms,"
             " t.total_exec_time / t.calls AS mean_ms, t.rows, t.shared_blks_hit,"
-            " t.shared_blks_read"
+            " t.shared_blks_read, count(*) OVER (), sum(t.calls) OVER (),"
+            " sum(t.total_exec_time) OVER ()"
             f" FROM ({totals}) t JOIN {Query._meta.db_table} q ON q.id = t.query_id"
             f" WHERE t.calls > 0 ORDER BY {ORDER_COLUMNS[order]} DESC, q.fingerprint LIMIT %s",
             [*params, limit],
         )
         rows = cursor.fetchall()
-    return [
+    statements, calls, total = rows[0][-3:] if rows else (0, 0, 0.0)
+    queries = [
         TopQuery(
             fingerprint=fingerprint,
             text=text,
@@ -224,9 +244,75 @@ def top_queries(database, *, window=DEFAULT_WINDOW, order="total", limit=50):
             blocks_hit=blocks_hit,
             blocks_read=blocks_read,
             hit_ratio=hit_ratio(blocks_hit, blocks_read),
+            share=total_ms / total if total else None,
         )
-        for fingerprint, text, calls, total_ms, mean_ms, returned, blocks_hit, blocks_read in rows
+        for fingerprint, text, calls, total_ms, mean_ms, returned, blocks_hit, blocks_read, *_
+        in rows
     ]
+    return Workload(queries, statements, int(calls), total)
+
+
+def top_queries(database, *, window=DEFAULT_WINDOW, order="total", limit=50):
+    """The queries of workload()."""
+    return workload(database, window=window, order=order, limit=limit).queries
+
+
+def database_overview(database, window):
+    """The overview of `database` over the last `window`: overview_figures(), the same for
+    every viewer, cached per database, window (as parsed) and data version; and the state of
+    its collection, which moves with the clock, never cached."""
+    figures = caches["responses"].get_or_set(
+        f"overview:{database.id}:{window.total_seconds()}",
+        lambda: overview_figures(database, window),
+        version=data_version(database.id),
+    )
+    return {
+        "database": {"id": database.id, "name": database.name},
+        **figures,
+        "collection": collection_state(database, timezone.now()),
+    }
+
+
+def overview_figures(database, window):
+    """JSON-ready: the OVERVIEW_TOP statements by total time (with their share of the
+    database's total, marked with their open anomaly), the totals they are a share of, the
+    open anomalies, what pg_stat_statements holds at the newest snapshot and the window's
+    evictions."""
+    start = window_start(window)
+    found = workload(database, window=window, limit=OVERVIEW_TOP)
+    newest = database.snapshots.order_by("-taken_at", "-pk").first()
+    return {
+        "window_seconds": window.total_seconds(),
+        "window_start": start,
+        "statements": found.statements,
+        "calls": found.calls,
+        "total_ms": found.total_ms,
+        "top": [asdict(row) for row in mark_anomalies(database, found.queries)],
+        "top_share": sum(row.share or 0.0 for row in found.queries),
+        "anomalies": open_anomalies(database),
+        "pg_stat_statements": {
+            "statements": newest and newest.statement_count,
+            "statements_max": newest and newest.statements_max,
+            "dealloc": newest and newest.dealloc,
+            "stats_reset": newest and newest.stats_reset,
+        },
+        "evictions": evictions(database, start),
+    }
+
+
+def collection_state(database, now):
+    """JSON-ready: the last collection, its lag and whether it is overdue (collection_lag),
+    the period of the collector that claims it, and the last collection's error."""
+    lag_seconds, overdue = collection_lag(database, now)
+    period = database.collection_period
+    return {
+        "enabled": database.enabled,
+        "last_collected_at": database.last_collected_at,
+        "lag_seconds": lag_seconds,
+        "overdue": overdue,
+        "period_seconds": period and period.total_seconds(),
+        "last_error": database.last_error,
+    }
 
 
 def window_start(window):
@@ -464,14 +550,29 @@ def database_anomalies(database):
     ]
 
 
+def open_anomalies(database):
+    """database_anomalies() through the `anomalies` cache, one key per database."""
+    return caches["anomalies"].get_or_set(
+        f"anomalies:current:{database.id}",
+        lambda: database_anomalies(database),
+        version=data_version(database.id),
+    )
+
+
 def current_anomalies():
     """Anomalies of every enabled database, most severe first; one cache key per database."""
     found = []
     for database in MonitoredDatabase.objects.filter(enabled=True):
-        key = f"anomalies:current:{database.id}"
-        found += caches["anomalies"].get_or_set(
-            key, lambda database=database: database_anomalies(database),
-            version=data_version(database.id),
-        )
+        found += open_anomalies(database)
     found.sort(key=lambda item: (anomalies.SEVERITY_RANK[item["severity"]], -abs(item["score"])))
     return found
+
+
+def mark_anomalies(database, queries):
+    """Set each TopQuery's `anomaly` to the severity of its most severe open anomaly."""
+    severities = {}
+    for found in open_anomalies(database):  # most severe first
+        severities.setdefault(found["fingerprint"], found["severity"])
+    for query in queries:
+        query.anomaly = severities.get(query.fingerprint)
+    return queries
