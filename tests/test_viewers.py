@@ -14,7 +14,8 @@ BEFORE = ("pganalytics", "0004_query_userid_and_superuser_flag")
 
 @pytest.fixture
 def pages(unreachable):
-    return ["/", f"/databases/{unreachable.id}/", f"/databases/{unreachable.id}/queries/", "/anomalies/"]
+    database = f"/databases/{unreachable.id}/"
+    return ["/", database, database + "queries/", "/anomalies/"]
 
 
 def viewers_group_permissions():
