@@ -95,6 +95,32 @@ def test_a_table_that_lost_its_index_gets_it_back_verified_by_a_what_if_plan(
     assert {key: row[key] for key in suggestion} == suggestion
 
 
+def test_the_query_page_and_its_api_show_the_suggestion_or_why_there_is_none(
+    purchases, monitored, viewer_client
+):
+    purchases.execute(LOOKUP, [1])
+    purchases.execute("SELECT count(*) FROM purchases")
+    collect(monitored)
+    lookup, count = (
+        Query.objects.get(database=monitored, text=text)
+        for text in (COLLECTED_LOOKUP, "SELECT count(*) FROM purchases")
+    )
+
+    api = viewer_client.get(f"/api/v1/databases/{monitored.id}/queries/{lookup.fingerprint}/")
+    page = viewer_client.get(f"/databases/{monitored.id}/queries/{lookup.fingerprint}/")
+    other = viewer_client.get(f"/databases/{monitored.id}/queries/{count.fingerprint}/")
+
+    (suggestion,) = api.json()["suggestions"]["suggestions"]
+    assert suggestion["verified"] and suggestion["columns"] == ["buyer"]
+    html = page.content.decode()
+    assert "Verified</span> by a what-if plan" in html
+    assert "CREATE INDEX CONCURRENTLY ON &quot;public&quot;.&quot;purchases&quot;" in html
+    assert "Plan now: Seq Scan on purchases" in html
+    after = f"Bitmap Heap Scan on purchases › Bitmap Index Scan using {advisor.SUGGESTED_INDEX}"
+    assert f"With the index: {after}" in html
+    assert "No suggestion: no predicate on a table column." in other.content.decode()
+
+
 def test_a_statement_already_served_by_an_index_gets_none_and_says_which(purchases, monitored):
     purchases.execute("CREATE INDEX purchases_by_buyer ON purchases (buyer)")
     purchases.execute(LOOKUP, [1])

@@ -45,7 +45,8 @@ FLIPPED = {"=": "=", "<": ">", ">": "<", "<=": ">=", ">=": "<="}
 INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
 ADVISED = {"SelectStmt", "UpdateStmt", "DeleteStmt"}
 JOINED = {"UpdateStmt": "fromClause", "DeleteStmt": "usingClause"}
-HYPOPG = "hypopg"
+# pglast's constants by kind, and the value it leaves out (a zero, an empty string, false)
+CONSTANT_DEFAULTS = {"sval": "", "ival": 0, "fval": "0", "boolval": False}
 SUGGESTED_INDEX = "the suggested index"
 
 TABLE_FACTS = MARKER + """ SELECT c.reltuples, c.relkind,
@@ -224,10 +225,10 @@ def _literal(node):
     constant = node.get("A_Const")
     if not constant or constant.get("isnull"):
         return None
-    for key, inner in (("sval", "sval"), ("ival", "ival"), ("fval", "fval"), ("boolval", "boolval")):
-        if key in constant:
-            value = constant[key].get(inner, 0 if key == "ival" else False)
-            return ("true" if value else "false") if key == "boolval" else str(value)
+    for kind, default in CONSTANT_DEFAULTS.items():
+        if kind in constant:
+            value = constant[kind].get(kind, default)
+            return ("true" if value else "false") if kind == "boolval" else str(value)
     return None
 
 

@@ -307,7 +307,8 @@ def explain(dsn, sql, *, userid, timeout=None, hypothetical=None):
                         pgsql.Identifier(hypothetical.schema, "hypopg_reset")))
             table_rows = _table_rows(connection, plan_json)
     except psycopg.Error as error:
-        raise ExplainFailed(scrub(error_message(error), dsn), transient=is_transient(error)) from None
+        message = scrub(error_message(error), dsn)
+        raise ExplainFailed(message, transient=is_transient(error)) from None
     return PlanResult(
         plan_json,
         summarize(plan_json, table_rows),
