@@ -104,7 +104,7 @@ def query_detail(request, database_id, fingerprint, window):
     database = services.database_or_404(database_id)
     detail = services.query_detail(database, fingerprint, window)
     response = JsonResponse(detail)
-    if detail["plan"].get("transient"):  # may pass: not kept for the version
+    if detail["plan"].get("transient") or detail["suggestions"]["transient"]:  # may pass
         patch_cache_control(response, no_store=True)
     return response
 

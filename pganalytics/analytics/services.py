@@ -20,7 +20,7 @@ from django.http import Http404
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
-from pganalytics.analytics import anomalies, explain, features, history
+from pganalytics.analytics import advisor, anomalies, explain, features, history
 from pganalytics.config import parse_period
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 
@@ -482,6 +482,7 @@ def query_detail(database, fingerprint, window=None):
     snapshots = recent_snapshots(database)
     stats = intervals_of(query, snapshots)
     plan = plan_of(database, query, version)
+    suggestions = query_suggestions(query, version=version)
     latest = interval_stats(stats[-1]) if stats else None
     # Features depend on the plan too: one that failed this time must not stick for the version.
     query_features = features.extract(
@@ -502,6 +503,7 @@ def query_detail(database, fingerprint, window=None):
         "resolution": "raw" if window is None else history.span(window, chart=True).resolution,
         "features": query_features,
         "plan": plan,
+        "suggestions": suggestions,
         "anomalies": assessment_of(assessment),
         "prediction": PREDICTION_PLACEHOLDER,
     }
@@ -576,3 +578,91 @@ def mark_anomalies(database, queries):
     for query in queries:
         query.anomaly = severities.get(query.fingerprint)
     return queries
+
+
+SUGGESTED_STATEMENTS = 20  # database_suggestions() advises this many top statements
+
+
+def advice_of(query, version=None):
+    """The advisor.Advice for `query` (a Query row) under its database's data `version`."""
+    database = query.database
+    version = data_version(database.id) if version is None else version
+    return advisor.cached_advice(
+        database.id, database.dsn, query.text, userid=query.userid, version=version
+    )
+
+
+def suggestion_row(query, suggestion, calls):
+    """One suggestion as the pages and the API show it (the overview's keys first)."""
+    return {
+        "fingerprint": query.fingerprint,
+        "query": query.text,
+        "table": f"{suggestion.schema}.{suggestion.table}",
+        "columns": list(suggestion.columns),
+        "statement": suggestion.statement,
+        "verified": suggestion.verified,
+        "cost_before": suggestion.cost_before,
+        "cost_after": suggestion.cost_after,
+        "calls": calls,
+        "estimated_saving": advisor.estimated_saving(suggestion, calls),
+        "estimated_rows": suggestion.estimated_rows,
+        "plan_before": list(suggestion.plan_before),
+        "plan_after": list(suggestion.plan_after),
+        "note": suggestion.note,
+    }
+
+
+def calls_in_window(query, window=DEFAULT_WINDOW):
+    """The query's calls over the last `window` (the top-queries page's default)."""
+    return sum(point[2] for point in history.series(query.id, history.span(window)))
+
+
+def query_suggestions(query, version=None):
+    """{"suggestions": [suggestion_row()], "reason": why there is none, else None,
+    "transient": True when a failure that may pass stood in the way}."""
+    advice = advice_of(query, version)
+    calls = calls_in_window(query) if advice.suggestions else 0
+    return {
+        "suggestions": [suggestion_row(query, each, calls) for each in advice.suggestions],
+        "reason": advice.reason,
+        "transient": advice.transient,
+    }
+
+
+def by_saving(row):
+    """Sort key: the largest estimated saving first, unverified ones (None) last."""
+    saving = row["estimated_saving"]
+    return (saving is None, -(saving or 0.0), row["fingerprint"])
+
+
+def database_suggestions(database, limit=SUGGESTED_STATEMENTS):
+    """suggestion_row()s of the database's top `limit` statements by total time over the
+    default window, the largest estimated saving first, unverified ones last."""
+    version = data_version(database.id)
+    top = top_queries(database, limit=limit)
+    queries = Query.objects.filter(
+        database=database, fingerprint__in=[row.fingerprint for row in top]
+    ).select_related("database")
+    calls = {row.fingerprint: row.calls for row in top}
+    rows = [
+        suggestion_row(query, suggestion, calls[query.fingerprint])
+        for query in queries
+        for suggestion in advice_of(query, version).suggestions
+    ]
+    return sorted(rows, key=by_saving)
+
+
+def optimized_features(query, version=None):
+    """The feature vector of `query` under its suggested index: features.extract with the
+    what-if plan (the `optimized` scenario the ML service predicts for), the statistics of
+    its latest interval as they are; None when it has no verified suggestion."""
+    database = query.database
+    version = data_version(database.id) if version is None else version
+    verified = [each for each in advice_of(query, version).suggestions if each.verified]
+    if not verified:
+        return None
+    stats = intervals_of(query, recent_snapshots(database))
+    latest = interval_stats(stats[-1]) if stats else None
+    return features.extract(
+        query.text, latest, verified[0].whatif_plan, scenario="optimized", version=version
+    )
