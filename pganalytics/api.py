@@ -78,6 +78,7 @@ def top_query_params(request):
 def top_queries(request, database_id, window, order):
     database = services.database_or_404(database_id)
     found = services.workload(database, window=window, order=order)
+    services.mark_rows(database, found.queries, services.database_suggestions(database))
     start = services.window_start(window)
     return JsonResponse(
         {
@@ -88,7 +89,7 @@ def top_queries(request, database_id, window, order):
             "statements": found.statements,
             "calls": found.calls,
             "total_ms": found.total_ms,
-            "queries": [asdict(row) for row in services.mark_anomalies(database, found.queries)],
+            "queries": [asdict(row) for row in found.queries],
             "evictions": services.evictions(database, start),
         }
     )

@@ -47,7 +47,8 @@ def top_queries(request, database_id):
         "workload": services.workload(database, **params),
         "window_start": services.window_start(params["window"]),
     }
-    services.mark_anomalies(database, context["workload"].queries)
+    suggestions = services.database_suggestions(database)
+    services.mark_rows(database, context["workload"].queries, suggestions)
     context["evictions"] = services.evictions(database, context["window_start"])
     return render(request, "pganalytics/top_queries.html", context)
 

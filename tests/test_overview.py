@@ -1,7 +1,7 @@
 """The overview of a database, the page a DBA opens first, and its API mirror, over real
 collected snapshots: where the time goes (shares of the database's total), open anomalies,
-pg_stat_statements' entries and evictions, the last collection and its lag; the share and the
-anomaly mark on the top queries too."""
+suggested indexes (the real advisor, with hypopg), pg_stat_statements' entries and evictions,
+the last collection and its lag; the share and the marks on the top queries too."""
 
 import json
 from datetime import timedelta
@@ -19,6 +19,8 @@ from pganalytics.analytics import services
 from pganalytics.analytics.collector import collect
 from pganalytics.models import QueryStat, Snapshot
 from pganalytics.templatetags.shares import percent
+from tests.test_advisor import COLLECTED_LOOKUP, purchases  # noqa: F401 - a fixture
+from tests.test_advisor import LOOKUP as PURCHASES_OF_BUYER
 from tests.test_pages_api import (  # noqa: F401 - fixtures
     LOOKUP,
     collected,
@@ -27,6 +29,7 @@ from tests.test_pages_api import (  # noqa: F401 - fixtures
     get_json,
 )
 
+PURCHASES_OF_TOTAL = "SELECT id FROM purchases WHERE total = %s"
 STEADY = [2.0, 2.1, 1.9, 2.0, 2.2, 1.8, 2.0, 2.1, 1.9, 2.0]
 
 
@@ -120,9 +123,8 @@ def test_a_collection_overdue_for_its_collector_is_flagged_stale(viewer_client, 
 
 def test_a_database_never_collected_has_an_empty_overview(viewer_client, unreachable):
     _, body = get_json(viewer_client, f"/api/v1/databases/{unreachable.id}/")
-    assert (body["top"], body["anomalies"], body["statements"], body["total_ms"]) == (
-        [], [], 0, 0.0
-    )
+    assert (body["top"], body["anomalies"], body["suggestions"]) == ([], [], [])
+    assert (body["statements"], body["total_ms"]) == (0, 0.0)
     assert body["collection"]["lag_seconds"] is None
     assert body["pg_stat_statements"]["statements"] is None
     page = viewer_client.get(f"/databases/{unreachable.id}/").content.decode()
@@ -227,3 +229,43 @@ def test_the_figures_are_cached_per_data_version_the_lag_never(viewer_client, co
     calls = {row["fingerprint"]: row["calls"] for row in after["top"]}
     assert calls[lookup] == 37  # a new snapshot: a new data version, figures made anew
     assert after["collection"]["last_collected_at"] != body["collection"]["last_collected_at"]
+
+
+def test_suggested_indexes_are_ranked_by_saving_and_their_rows_marked(
+    purchases, monitored, viewer_client  # noqa: F811
+):
+    collect(monitored)
+    for buyer in range(20):
+        purchases.execute(PURCHASES_OF_BUYER, [buyer])
+    purchases.execute(PURCHASES_OF_TOTAL, [3])
+    purchases.execute("SELECT count(*) FROM purchases")
+    collect(monitored)
+    by_buyer = fingerprint_of(monitored, COLLECTED_LOOKUP)
+    by_total = fingerprint_of(monitored, PURCHASES_OF_TOTAL)
+
+    _, body = get_json(viewer_client, f"/api/v1/databases/{monitored.id}/")
+    suggestions = body["suggestions"]
+    assert [(s["fingerprint"], s["columns"]) for s in suggestions] == [
+        (by_buyer, ["buyer"]), (by_total, ["total"])
+    ]
+    assert all(s["verified"] for s in suggestions)
+    savings = [s["estimated_saving"] for s in suggestions]
+    assert savings == sorted(savings, reverse=True) and savings[1] > 0
+    assert suggestions[0]["estimated_saving"] == pytest.approx(
+        (suggestions[0]["cost_before"] - suggestions[0]["cost_after"]) * 20
+    )
+    assert suggestions == as_json(services.database_suggestions(monitored))
+    marked = {row["fingerprint"] for row in body["top"] if row["suggested"]}
+    assert marked == {by_buyer, by_total} and len(body["top"]) > 2
+
+    page = viewer_client.get(f"/databases/{monitored.id}/").content.decode()
+    table = page.split('<table id="suggestions">')[1].split("</table>")[0]
+    assert table.index("(&quot;buyer&quot;)") < table.index("(&quot;total&quot;)")
+    assert 'CREATE INDEX CONCURRENTLY ON &quot;public&quot;.&quot;purchases&quot;' in table
+    assert f'href="/databases/{monitored.id}/queries/{by_buyer}/"' in table
+    assert page.count('<span class="mark suggested"') == 2
+
+    _, listed = get_json(viewer_client, f"/api/v1/databases/{monitored.id}/queries/")
+    assert {row["fingerprint"] for row in listed["queries"] if row["suggested"]} == marked
+    queries_page = viewer_client.get(f"/databases/{monitored.id}/queries/").content.decode()
+    assert queries_page.count('<span class="mark suggested"') == 2

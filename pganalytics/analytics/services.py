@@ -202,7 +202,8 @@ class TopQuery:
     blocks_read: int
     hit_ratio: float | None
     share: float | None  # of the database's total time in the window (None: no time at all)
-    anomaly: str | None = None  # the severity of its open anomaly, set by mark_anomalies()
+    anomaly: str | None = None  # the severity of its open anomaly, set by mark_rows()
+    suggested: bool = False  # the advisor suggests an index for it, set by mark_rows()
 
 
 @dataclass
@@ -275,11 +276,13 @@ def database_overview(database, window):
 
 def overview_figures(database, window):
     """JSON-ready: the OVERVIEW_TOP statements by total time (with their share of the
-    database's total, marked with their open anomaly), the totals they are a share of, the
-    open anomalies, what pg_stat_statements holds at the newest snapshot and the window's
-    evictions."""
+    database's total, marked with their open anomaly and suggested index), the totals they
+    are a share of, the open anomalies, the suggested indexes (database_suggestions(): of the
+    statements with the most time over the default window, the largest estimated saving
+    first), what pg_stat_statements holds at the newest snapshot and the window's evictions."""
     start = window_start(window)
     found = workload(database, window=window, limit=OVERVIEW_TOP)
+    suggestions = database_suggestions(database)
     newest = database.snapshots.order_by("-taken_at", "-pk").first()
     return {
         "window_seconds": window.total_seconds(),
@@ -287,9 +290,10 @@ def overview_figures(database, window):
         "statements": found.statements,
         "calls": found.calls,
         "total_ms": found.total_ms,
-        "top": [asdict(row) for row in mark_anomalies(database, found.queries)],
+        "top": [asdict(row) for row in mark_rows(database, found.queries, suggestions)],
         "top_share": sum(row.share or 0.0 for row in found.queries),
         "anomalies": open_anomalies(database),
+        "suggestions": suggestions,
         "pg_stat_statements": {
             "statements": newest and newest.statement_count,
             "statements_max": newest and newest.statements_max,
@@ -570,13 +574,16 @@ def current_anomalies():
     return found
 
 
-def mark_anomalies(database, queries):
-    """Set each TopQuery's `anomaly` to the severity of its most severe open anomaly."""
+def mark_rows(database, queries, suggestions):
+    """Set each TopQuery's `anomaly` to the severity of its most severe open anomaly, and
+    `suggested` when `suggestions` (database_suggestions()) hold one for it."""
     severities = {}
     for found in open_anomalies(database):  # most severe first
         severities.setdefault(found["fingerprint"], found["severity"])
+    suggested = {suggestion["fingerprint"] for suggestion in suggestions}
     for query in queries:
         query.anomaly = severities.get(query.fingerprint)
+        query.suggested = query.fingerprint in suggested
     return queries
 
 
