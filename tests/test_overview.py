@@ -269,3 +269,17 @@ def test_suggested_indexes_are_ranked_by_saving_and_their_rows_marked(
     assert {row["fingerprint"] for row in listed["queries"] if row["suggested"]} == marked
     queries_page = viewer_client.get(f"/databases/{monitored.id}/queries/").content.decode()
     assert queries_page.count('<span class="mark suggested"') == 2
+
+
+def test_a_hung_target_costs_the_pages_one_connection_timeout_not_one_per_statement(
+    viewer_client, collected, silent_server
+):
+    """The suggestions need the target; one that does not answer is asked once per page,
+    and the pages still answer with everything collected."""
+    collected.dsn = f"host=127.0.0.1 port={silent_server.port} dbname=x connect_timeout=1"
+    collected.save()
+    _, body = get_json(viewer_client, f"/api/v1/databases/{collected.id}/")
+    assert len(body["top"]) >= 2 and body["suggestions"] == []
+    assert len(silent_server.accepted) == 1
+    page = viewer_client.get(f"/databases/{collected.id}/queries/")
+    assert page.status_code == 200 and len(silent_server.accepted) == 1  # kept for a while

@@ -644,18 +644,24 @@ def by_saving(row):
 
 def database_suggestions(database, limit=SUGGESTED_STATEMENTS):
     """suggestion_row()s of the database's top `limit` statements by total time over the
-    default window, the largest estimated saving first, unverified ones last."""
+    default window, the largest estimated saving first, unverified ones last.
+
+    Advised in the order of their time; once one meets a failure that may pass (a target
+    down or hung), the others are not asked for: the overview and the top queries wait for
+    one connection timeout, not one per statement."""
     version = data_version(database.id)
     top = top_queries(database, limit=limit)
     queries = Query.objects.filter(
         database=database, fingerprint__in=[row.fingerprint for row in top]
     ).select_related("database")
-    calls = {row.fingerprint: row.calls for row in top}
-    rows = [
-        suggestion_row(query, suggestion, calls[query.fingerprint])
-        for query in queries
-        for suggestion in advice_of(query, version).suggestions
-    ]
+    by_fingerprint = {query.fingerprint: query for query in queries}
+    rows = []
+    for row in top:
+        query = by_fingerprint[row.fingerprint]
+        advice = advice_of(query, version)
+        rows += [suggestion_row(query, each, row.calls) for each in advice.suggestions]
+        if advice.transient:
+            break
     return sorted(rows, key=by_saving)
 
 
