@@ -190,6 +190,8 @@ def test_windows_as_on_the_top_queries_and_unknown_databases(viewer_client, coll
     assert (none["top"], none["statements"], none["window_seconds"]) == ([], 0, 0.001)
     _, week = get_json(viewer_client, f"/api/v1/databases/{collected.id}/?window=1w&junk=1")
     assert week["window_seconds"] == 7 * 86400 and week["top"]
+    head = viewer_client.head(f"/api/v1/databases/{collected.id}/?window=7d")
+    assert head.status_code == 200 and head["Content-Type"] == "application/json"
     _, body = get_json(viewer_client, "/api/v1/databases/999999/", status=404)
     assert body == {"error": "database 999999 not found"}
     assert viewer_client.get("/databases/999999/").status_code == 404
