@@ -21,6 +21,7 @@ from pganalytics.models import QueryStat, Snapshot
 from pganalytics.templatetags.shares import percent
 from tests.test_advisor import COLLECTED_LOOKUP, purchases  # noqa: F401 - a fixture
 from tests.test_advisor import LOOKUP as PURCHASES_OF_BUYER
+from tests.test_evictions import constructed as with_evictions
 from tests.test_pages_api import (  # noqa: F401 - fixtures
     LOOKUP,
     collected,
@@ -89,6 +90,7 @@ def test_the_overview_says_where_the_time_goes_and_how_fresh_it_is(viewer_client
     assert percent(top[0]["share"]) in page and " ago</strong>" in page
     for row in top:
         assert f'href="/databases/{collected.id}/queries/{row["fingerprint"]}/"' in page
+        assert f">{percent(row['share'])}</td>" in page
     assert f'href="/databases/{collected.id}/queries/?window=24h">All top queries' in page
     assert "no <code>collect --every</code> collects it on a schedule" in page
 
@@ -119,6 +121,18 @@ def test_a_collection_overdue_for_its_collector_is_flagged_stale(viewer_client, 
     _, body = get_json(viewer_client, f"/api/v1/databases/{collected.id}/")
     assert body["collection"]["overdue"] is False
     assert "stale" not in viewer_client.get(f"/databases/{collected.id}/").content.decode()
+
+
+def test_evictions_in_the_window_and_since_the_reset_are_shown(viewer_client):
+    busy = with_evictions("busy", [None, 4, 0, 2, 1], statements_max=5000)
+    busy.snapshots.filter(taken_at=busy.snapshots.latest().taken_at).update(dealloc=12)
+    _, body = get_json(viewer_client, f"/api/v1/databases/{busy.id}/?window=1h")
+    assert body["evictions"]["evicted"] == 7
+    pgss = body["pg_stat_statements"]
+    assert (pgss["statements"], pgss["statements_max"], pgss["dealloc"]) == (0, 5000, 12)
+    page = viewer_client.get(f"/databases/{busy.id}/?window=1h").content.decode()
+    assert body["evictions"]["warning"] + "." in page
+    assert "holds 0 entries of 5000, 12 evictions since its statistics were reset" in page
 
 
 def test_a_database_never_collected_has_an_empty_overview(viewer_client, unreachable):
