@@ -58,6 +58,17 @@ def databases(request):
     return response
 
 
+@api_view
+def overview(request, database_id):
+    """Not kept whole: the collection's lag moves with the clock; its figures are cached
+    (services.database_overview)."""
+    database = services.database_or_404(database_id)
+    params = services.overview_params(request.GET)
+    response = JsonResponse(services.database_overview(database, params["window"]))
+    patch_cache_control(response, private=True, no_store=True)
+    return response
+
+
 def top_query_params(request):
     return services.top_query_params(request.GET)
 
@@ -66,7 +77,8 @@ def top_query_params(request):
 @cached_response(one_database, params_of=top_query_params)
 def top_queries(request, database_id, window, order):
     database = services.database_or_404(database_id)
-    rows = services.top_queries(database, window=window, order=order)
+    found = services.workload(database, window=window, order=order)
+    services.mark_rows(database, found.queries, services.database_suggestions(database))
     start = services.window_start(window)
     return JsonResponse(
         {
@@ -74,7 +86,10 @@ def top_queries(request, database_id, window, order):
             "window_seconds": window.total_seconds(),
             "window_start": start,
             "order": order,
-            "queries": [asdict(row) for row in rows],
+            "statements": found.statements,
+            "calls": found.calls,
+            "total_ms": found.total_ms,
+            "queries": [asdict(row) for row in found.queries],
             "evictions": services.evictions(database, start),
         }
     )
@@ -90,7 +105,7 @@ def query_detail(request, database_id, fingerprint, window):
     database = services.database_or_404(database_id)
     detail = services.query_detail(database, fingerprint, window)
     response = JsonResponse(detail)
-    if detail["plan"].get("transient"):  # may pass: not kept for the version
+    if detail["plan"].get("transient") or detail["suggestions"]["transient"]:  # may pass
         patch_cache_control(response, no_store=True)
     return response
 

@@ -88,13 +88,14 @@ CACHES = named_caches(
         "explain": config.cache_timeout("EXPLAIN_CACHE_TTL", "30m"),
         "anomalies": config.cache_timeout("ANOMALY_CACHE_TTL", "5m"),
         "responses": config.cache_timeout("QUERY_RESULTS_CACHE_TTL", "10m"),
+        "advisor": config.cache_timeout("ADVISOR_CACHE_TTL", "30m"),
     },
     max_entries=CACHE_MAX_SIZE,
     enabled=CACHE_ENABLED,
     l2_url=CACHE_L2_URL,
     # Cached values are pickled objects of this code (plans, anomaly verdicts): a change to
     # their fields bumps this, so a deploy never reads what older code left in Redis.
-    key_prefix="pganalytics.2",
+    key_prefix="pganalytics.3",
 )
 
 # Extra panels of the admin's cache dashboard: title -> a callable returning a flat dict.
@@ -117,8 +118,11 @@ CIRCUIT_RESET_TIMEOUT = config.period("CIRCUIT_RESET_TIMEOUT", "30s")
 # Every call to the service forwards the id of the request being served (X-Request-ID).
 MLCLIENT_REQUEST_ID = "pganalytics.request_id.current_request_id"
 
-# --- analytics (pganalytics/analytics/explain.py, anomalies.py) -------------------------
+# --- analytics (pganalytics/analytics/explain.py, advisor.py, anomalies.py) --------------
 EXPLAIN_STATEMENT_TIMEOUT = config.period("EXPLAIN_STATEMENT_TIMEOUT", "2s")
+# The index advisor (pganalytics/analytics/advisor.py) may create hypopg in a monitored
+# database where its role may (a superuser): what-if plans verify the suggestions.
+ADVISOR_CREATE_HYPOPG = config.boolean("ADVISOR_CREATE_HYPOPG", True)
 ANOMALY_WINDOW = config.integer("ANOMALY_WINDOW", 48, minimum=1)  # intervals in the baseline
 ANOMALY_MIN_POINTS = config.integer("ANOMALY_MIN_POINTS", 8, minimum=1)  # needed for a verdict
 

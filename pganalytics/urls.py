@@ -10,7 +10,8 @@ from pganalytics.metrics_access import metrics_access
 pages = (
     [
         path("", views.databases, name="databases"),
-        path("databases/<int:database_id>/", views.top_queries, name="top_queries"),
+        path("databases/<int:database_id>/", views.overview, name="overview"),
+        path("databases/<int:database_id>/queries/", views.top_queries, name="top_queries"),
         path(
             "databases/<int:database_id>/queries/<str:fingerprint>/",
             views.query_detail,
@@ -29,6 +30,7 @@ pages = (
 api_v1 = (
     [
         path("databases/", api.databases, name="databases"),
+        path("databases/<int:database_id>/", api.overview, name="overview"),
         path("databases/<int:database_id>/queries/", api.top_queries, name="top_queries"),
         path(
             "databases/<int:database_id>/queries/<str:fingerprint>/",

@@ -14,6 +14,24 @@ def databases(request):
 
 
 @analytics_page
+def overview(request, database_id):
+    """The page a DBA opens first: where a database's time goes, and what needs a look."""
+    database = services.database_or_404(database_id)
+    try:
+        params = services.overview_params(request.GET)
+    except services.BadRequest as error:
+        return render(request, "pganalytics/bad_request.html", {"error": error}, status=400)
+    context = {
+        "database": database,
+        "overview": services.database_overview(database, params["window"]),
+        "window": request.GET.get("window", services.DEFAULT_WINDOW_TEXT),
+        "windows": services.WINDOW_CHOICES,
+        "overdue_periods": services.OVERDUE_PERIODS,
+    }
+    return render(request, "pganalytics/overview.html", context)
+
+
+@analytics_page
 def top_queries(request, database_id):
     database = services.database_or_404(database_id)
     try:
@@ -26,9 +44,11 @@ def top_queries(request, database_id):
         "windows": services.WINDOW_CHOICES,
         "order": params["order"],
         "orders": list(services.ORDERINGS),
-        "queries": services.top_queries(database, **params),
+        "workload": services.workload(database, **params),
         "window_start": services.window_start(params["window"]),
     }
+    suggestions = services.database_suggestions(database)
+    services.mark_rows(database, context["workload"].queries, suggestions)
     context["evictions"] = services.evictions(database, context["window_start"])
     return render(request, "pganalytics/top_queries.html", context)
 

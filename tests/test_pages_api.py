@@ -121,7 +121,7 @@ def test_top_queries_sum_the_intervals_and_sort(client_of, user, collected):
     _, none = get_json(client, url + "?window=1ms")
     assert none["queries"] == []
 
-    page = client.get(f"/databases/{collected.id}/?order=calls").content.decode()
+    page = client.get(f"/databases/{collected.id}/queries/?order=calls").content.decode()
     assert "SELECT count(*) FROM items WHERE id = $1" in page
     assert f'/databases/{collected.id}/queries/{fingerprint_of(collected, LOOKUP)}/' in page
 
@@ -139,7 +139,7 @@ def test_bad_parameters_are_a_400_naming_them(client_of, user, collected, query,
     client = client_of(user)
     _, body = get_json(client, f"/api/v1/databases/{collected.id}/queries/?{query}", status=400)
     assert body["error"].startswith(message)
-    page = client.get(f"/databases/{collected.id}/?{query}")
+    page = client.get(f"/databases/{collected.id}/queries/?{query}")
     assert page.status_code == 400 and message in page.content.decode().replace("&#x27;", "'")
 
 

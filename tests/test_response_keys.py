@@ -55,7 +55,7 @@ def test_a_parameter_given_twice_is_a_400_naming_it(viewer_client, unreachable, 
     response = viewer_client.get(f"/api/v1/databases/{unreachable.id}/queries/?{query}")
     assert response.status_code == 400 and response["Content-Type"] == "application/json"
     assert json.loads(response.content) == {"error": f"{name}: given 2 times, expected once"}
-    page = viewer_client.get(f"/databases/{unreachable.id}/?{query}")
+    page = viewer_client.get(f"/databases/{unreachable.id}/queries/?{query}")
     assert page.status_code == 400
     text = page.content.decode()
     assert "<h1>Bad request</h1>" in text and f"{name}: given 2 times, expected once" in text

@@ -19,7 +19,7 @@ def empty_caches():
 @pytest.fixture
 def urls(unreachable):
     """The top queries' API and page."""
-    return f"/api/v1/databases/{unreachable.id}/queries/", f"/databases/{unreachable.id}/"
+    return f"/api/v1/databases/{unreachable.id}/queries/", f"/databases/{unreachable.id}/queries/"
 
 
 @pytest.mark.parametrize(

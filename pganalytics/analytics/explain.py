@@ -10,6 +10,9 @@ never with more privilege (see _plan), and statements nobody on the server ran a
 planned. Like everything the app runs on a target, the EXPLAIN's statements are not the
 target's workload (pganalytics.targets).
 
+The index advisor's what-if plans are made the same way, with hypothetical indexes (hypopg)
+created in the session beforehand: `explain(..., hypothetical=...)`.
+
 Statements collected by pg_stat_statements carry `$n` parameters; they get a generic plan
 (PREPARE + `plan_cache_mode = force_generic_plan`; `EXPLAIN (GENERIC_PLAN)` of PostgreSQL 16+
 cannot be used: over the extended protocol its `$n` become protocol parameters).
@@ -21,6 +24,7 @@ every statement goes through the extended query protocol, where the server refus
 of more than one statement.
 """
 
+import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -66,6 +70,9 @@ AS_OTHER_ROLES = (
     " SET LOCAL plan_cache_mode = force_generic_plan",
     " CALL pg_temp.pganalytics_plan(NULL::pg_catalog.json)",
     " ROLLBACK",
+    # the index advisor's read of the column statistics the role may see
+    " SELECT attname, null_frac, n_distinct, most_common_vals::text::text[], most_common_freqs"
+    " FROM pg_catalog.pg_stats WHERE schemaname = $1 AND tablename = $2 AND NOT inherited",
 )
 # SQLSTATE classes of failures that may pass: connection, resources, the operator
 # intervening, locks and conflicts; and 57014, a statement timeout or cancel.
@@ -150,6 +157,16 @@ class PlanResult:
     generic: bool
     planned_at: datetime
     role: str  # the role that ran the statement, as which it was planned
+    hypothetical_index: str = ""  # a what-if plan's: the name hypopg gave the index
+
+
+@dataclass(frozen=True)
+class Hypothetical:
+    """An index to plan with, never built: `definition` is the CREATE INDEX hypopg reads (its
+    names quoted), `schema` the one hypopg's functions are in."""
+
+    schema: str
+    definition: str
 
 
 def parse_statement(sql):
@@ -257,9 +274,11 @@ def summarize(plan_json, table_rows=None, large_rows=LARGE_TABLE_ROWS):
 
 
 @sensitive_variables()  # all: psycopg's frames below hold the password under other names
-def explain(dsn, sql, *, userid, timeout=None):
+def explain(dsn, sql, *, userid, timeout=None, hypothetical=None):
     """PlanResult of `sql` planned on the server at `dsn` as the role `userid` (an OID) that
-    ran it; the statement is never executed.
+    ran it; the statement is never executed. With `hypothetical` (a Hypothetical), the
+    what-if plan: the index exists for the planner of this session only, and is gone
+    (hypopg_reset, then the session's end) before this returns.
 
     The caller must pass only statements collected from that same server, with the role
     pg_stat_statements recorded for that text (the views pass Query rows of that database).
@@ -279,26 +298,33 @@ def explain(dsn, sql, *, userid, timeout=None):
         connection = targets.connect(dsn, options=timeout_option, autocommit=True)
         with targets.deadline(connection, seconds + DEADLINE_MARGIN_SECONDS):
             try:
-                role, plan_json = _plan(connection, statement, userid)
+                role, index_name, plan_json = _plan(connection, statement, userid, hypothetical)
             finally:
                 if connection.info.transaction_status in OPEN_TRANSACTION:
                     connection.execute(MARKER + " ROLLBACK")
+                if hypothetical is not None and not connection.closed:
+                    connection.execute(pgsql.SQL(MARKER + " SELECT {}()").format(
+                        pgsql.Identifier(hypothetical.schema, "hypopg_reset")))
             table_rows = _table_rows(connection, plan_json)
     except psycopg.Error as error:
-        raise ExplainFailed(scrub(_message(error), dsn), transient=is_transient(error)) from None
+        message = scrub(error_message(error), dsn)
+        raise ExplainFailed(message, transient=is_transient(error)) from None
     return PlanResult(
         plan_json,
         summarize(plan_json, table_rows),
         generic=statement.parameter_count > 0,
         planned_at=timezone.now(),
         role=role,
+        hypothetical_index=index_name,
     )
 
 
-def _plan(connection, statement, userid):
-    """(role name, plan JSON) of `statement` planned as role `userid`, in a transaction the
-    caller rolls back: nothing runs after the plan in it, since the planned code may have
-    changed the transaction's settings (a rollback undoes them).
+def _plan(connection, statement, userid, hypothetical=None):
+    """(role name, hypothetical index name or "", plan JSON) of `statement` planned as role
+    `userid`, in a transaction the caller rolls back: nothing runs after the plan in it,
+    since the planned code may have changed the transaction's settings (a rollback undoes
+    them). A `hypothetical` index is made first, as the session's own role, from our own
+    text: hypopg only reads the catalogs for it; the plan that considers it is the role's.
 
     The planner runs code: it folds IMMUTABLE function calls, and READ ONLY does not stop
     `pg_read_file` or `lo_export`. So the plan is made by the role that ran the statement,
@@ -322,7 +348,12 @@ def _plan(connection, statement, userid):
 
         run(pgsql.SQL("BEGIN"))
         run(pgsql.SQL("SET LOCAL standard_conforming_strings = on"))
-        role = _role(cursor, userid)
+        role = statement_role(cursor, userid)
+        index_name = ""
+        if hypothetical is not None:
+            create = pgsql.SQL(MARKER + " SELECT indexname FROM {}(%s::pg_catalog.text)").format(
+                pgsql.Identifier(hypothetical.schema, "hypopg_create_index"))
+            index_name = cursor.execute(create, [hypothetical.definition]).fetchone()[0]
         cursor.execute(
             MARKER + " SELECT pg_catalog.set_config('search_path', %s, true)", [role.search_path]
         )
@@ -338,7 +369,7 @@ def _plan(connection, statement, userid):
             cursor.execute(explain_prepared)
         else:
             run(pgsql.SQL("CALL pg_temp.pganalytics_plan(NULL::pg_catalog.json)"))
-        return role.name, cursor.fetchone()[0]
+        return role.name, index_name, cursor.fetchone()[0]
 
 
 @dataclass(frozen=True)
@@ -348,8 +379,9 @@ class Role:
     search_path: str  # as its sessions on this database get it
 
 
-def _role(cursor, userid):
-    """The Role of OID `userid`, or ExplainRefused saying why the plan cannot be made as it."""
+def statement_role(cursor, userid):
+    """The Role of OID `userid`, or ExplainRefused saying why the plan cannot be made as it
+    (nor anything else read with its rights)."""
     cursor.execute(MARKER + " " + ROLE_FACTS, [userid])
     found = cursor.fetchone()
     if found is None:
@@ -407,39 +439,54 @@ def is_transient(error):
     return state is None or state[:2] in TRANSIENT_CLASSES or state == QUERY_CANCELED
 
 
-def _message(error):
+def error_message(error):
     diagnostic = getattr(error, "diag", None)
     return (diagnostic and diagnostic.message_primary) or str(error).strip()
 
 
 @sensitive_variables("dsn")
-def explain_key(database_id, dsn, sql):
-    """The `explain` cache key: `explain:{database_id}:{server}:{fingerprint}`.
-
-    `server` is a keyed hash of the DSN, never the DSN (it holds the password): a DSN
-    edited in the admin must miss the plans of the old server.
-    """
-    server = salted_hmac("pganalytics.analytics.explain", dsn, algorithm="sha256").hexdigest()[:16]
-    return f"explain:{database_id}:{server}:{fingerprint(sql).fingerprint}"
+def server_digest(dsn):
+    """A keyed hash of a DSN for cache keys, never the DSN itself (it holds the password)."""
+    return salted_hmac("pganalytics.analytics.explain", dsn, algorithm="sha256").hexdigest()[:16]
 
 
 @sensitive_variables("dsn")
-def cached_explain(database_id, dsn, sql, *, userid, version=None, timeout=None):
+def explain_key(database_id, dsn, sql, hypothetical=None):
+    """The `explain` cache key: `explain:{database_id}:{server}:{fingerprint}`, and for a
+    what-if plan `whatif:{database_id}:{server}:{fingerprint}:{index}`.
+
+    `server` is a keyed hash of the DSN, never the DSN (it holds the password): a DSN
+    edited in the admin must miss the plans of the old server. `index` is a hash of the
+    hypothetical index's definition.
+    """
+    key = f"{database_id}:{server_digest(dsn)}:{fingerprint(sql).fingerprint}"
+    if hypothetical is None:
+        return f"explain:{key}"
+    index = hashlib.sha256(f"{hypothetical.schema}\0{hypothetical.definition}".encode())
+    return f"whatif:{key}:{index.hexdigest()[:16]}"
+
+
+@sensitive_variables("dsn")
+def cached_explain(database_id, dsn, sql, *, userid, version=None, timeout=None,
+                   hypothetical=None):
     """explain() through the `explain` cache, under explain_key() and `version` (the data
-    version of the database: a new snapshot, which may follow a schema change, plans anew).
+    version of the database: a new snapshot, which may follow a schema change, plans anew);
+    what-if plans (`hypothetical`) alike, under their own keys.
 
     Plans, refusals and failures that will come again are kept for the cache's TTL;
     transient failures (a timeout, a target that does not answer) for
     TRANSIENT_FAILURE_SECONDS, so a failing or slow target is neither reconnected to nor
     waited for on every view. Same caller rule as explain().
     """
-    key = explain_key(database_id, dsn, sql)
+    key = explain_key(database_id, dsn, sql, hypothetical)
     cache = caches["explain"]
     computed = []
 
     def outcome():
         try:
-            computed.append(explain(dsn, sql, userid=userid, timeout=timeout))
+            computed.append(
+                explain(dsn, sql, userid=userid, timeout=timeout, hypothetical=hypothetical)
+            )
         except (ExplainRefused, ExplainFailed) as error:
             computed.append(error)
         return computed[-1]

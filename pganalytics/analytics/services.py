@@ -20,7 +20,7 @@ from django.http import Http404
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
-from pganalytics.analytics import anomalies, explain, features, history
+from pganalytics.analytics import advisor, anomalies, explain, features, history
 from pganalytics.config import parse_period
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 
@@ -32,6 +32,7 @@ WINDOW_CHOICES = ("1h", "6h", "24h", "7d")
 HISTORY_WINDOWS = ("24h", "7d", "30d", "365d")  # the query page's; by default its recent intervals
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_WINDOW = timedelta(days=3660)
+OVERVIEW_TOP = 10  # statements on a database's overview
 OVERDUE_PERIODS = 2  # a database not collected for this many of its periods is overdue
 FINGERPRINT_FORMAT = re.compile(r"[0-9a-f]{16}|x[0-9a-f]{15}")  # pglast's, or the fallback
 PREDICTION_PLACEHOLDER = {
@@ -85,10 +86,13 @@ def one_value(params, name, default):
 
 def top_query_params(params):
     """{"window", "order"} for top_queries() from a request's query parameters."""
-    return {
-        "window": parse_window(one_value(params, "window", DEFAULT_WINDOW_TEXT)),
-        "order": parse_order(one_value(params, "order", DEFAULT_ORDER)),
-    }
+    window = overview_params(params)
+    return {**window, "order": parse_order(one_value(params, "order", DEFAULT_ORDER))}
+
+
+def overview_params(params):
+    """{"window"} for database_overview(), read as top_query_params() reads it."""
+    return {"window": parse_window(one_value(params, "window", DEFAULT_WINDOW_TEXT))}
 
 
 def query_detail_params(params):
@@ -197,23 +201,40 @@ class TopQuery:
     blocks_hit: int
     blocks_read: int
     hit_ratio: float | None
+    share: float | None  # of the database's total time in the window (None: no time at all)
+    anomaly: str | None = None  # the severity of its open anomaly, set by mark_rows()
+    suggested: bool = False  # the advisor suggests an index for it, set by mark_rows()
 
 
-def top_queries(database, *, window=DEFAULT_WINDOW, order="total", limit=50):
+@dataclass
+class Workload:
+    """A database's statements over a window: the top ones, and the totals of all of them
+    (what each one's share is a share of)."""
+
+    queries: list
+    statements: int
+    calls: int
+    total_ms: float
+
+
+def workload(database, *, window=DEFAULT_WINDOW, order="total", limit=50):
     """Queries ranked by the sum of their interval deltas over the last `window`, from the
-    resolution that fits it (history.span: a long window starts at a day boundary)."""
+    resolution that fits it (history.span: a long window starts at a day boundary), with the
+    totals of every statement that ran in it."""
     totals, params = history.window_totals(database.id, history.span(window))
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT q.fingerprint, q.text, t.calls, t.total_exec_time AS total_ms,"
             " t.total_exec_time / t.calls AS mean_ms, t.rows, t.shared_blks_hit,"
-            " t.shared_blks_read"
+            " t.shared_blks_read, count(*) OVER (), sum(t.calls) OVER (),"
+            " sum(t.total_exec_time) OVER ()"
             f" FROM ({totals}) t JOIN {Query._meta.db_table} q ON q.id = t.query_id"
             f" WHERE t.calls > 0 ORDER BY {ORDER_COLUMNS[order]} DESC, q.fingerprint LIMIT %s",
             [*params, limit],
         )
         rows = cursor.fetchall()
-    return [
+    statements, calls, total = rows[0][-3:] if rows else (0, 0, 0.0)
+    queries = [
         TopQuery(
             fingerprint=fingerprint,
             text=text,
@@ -224,9 +245,78 @@ def top_queries(database, *, window=DEFAULT_WINDOW, order="total", limit=50):
             blocks_hit=blocks_hit,
             blocks_read=blocks_read,
             hit_ratio=hit_ratio(blocks_hit, blocks_read),
+            share=total_ms / total if total else None,
         )
-        for fingerprint, text, calls, total_ms, mean_ms, returned, blocks_hit, blocks_read in rows
+        for fingerprint, text, calls, total_ms, mean_ms, returned, blocks_hit, blocks_read, *_
+        in rows
     ]
+    return Workload(queries, statements, int(calls), total)
+
+
+def top_queries(database, *, window=DEFAULT_WINDOW, order="total", limit=50):
+    """The queries of workload()."""
+    return workload(database, window=window, order=order, limit=limit).queries
+
+
+def database_overview(database, window):
+    """The overview of `database` over the last `window`: overview_figures(), the same for
+    every viewer, cached per database, window (as parsed) and data version; and the state of
+    its collection, which moves with the clock, never cached."""
+    figures = caches["responses"].get_or_set(
+        f"overview:{database.id}:{window.total_seconds()}",
+        lambda: overview_figures(database, window),
+        version=data_version(database.id),
+    )
+    return {
+        "database": {"id": database.id, "name": database.name},
+        **figures,
+        "collection": collection_state(database, timezone.now()),
+    }
+
+
+def overview_figures(database, window):
+    """JSON-ready: the OVERVIEW_TOP statements by total time (with their share of the
+    database's total, marked with their open anomaly and suggested index), the totals they
+    are a share of, the open anomalies, the suggested indexes (database_suggestions(): of the
+    statements with the most time over the default window, the largest estimated saving
+    first), what pg_stat_statements holds at the newest snapshot and the window's evictions."""
+    start = window_start(window)
+    found = workload(database, window=window, limit=OVERVIEW_TOP)
+    suggestions = database_suggestions(database)
+    newest = database.snapshots.order_by("-taken_at", "-pk").first()
+    return {
+        "window_seconds": window.total_seconds(),
+        "window_start": start,
+        "statements": found.statements,
+        "calls": found.calls,
+        "total_ms": found.total_ms,
+        "top": [asdict(row) for row in mark_rows(database, found.queries, suggestions)],
+        "top_share": sum(row.share or 0.0 for row in found.queries),
+        "anomalies": open_anomalies(database),
+        "suggestions": suggestions,
+        "pg_stat_statements": {
+            "statements": newest and newest.statement_count,
+            "statements_max": newest and newest.statements_max,
+            "dealloc": newest and newest.dealloc,
+            "stats_reset": newest and newest.stats_reset,
+        },
+        "evictions": evictions(database, start),
+    }
+
+
+def collection_state(database, now):
+    """JSON-ready: the last collection, its lag and whether it is overdue (collection_lag),
+    the period of the collector that claims it, and the last collection's error."""
+    lag_seconds, overdue = collection_lag(database, now)
+    period = database.collection_period
+    return {
+        "enabled": database.enabled,
+        "last_collected_at": database.last_collected_at,
+        "lag_seconds": lag_seconds,
+        "overdue": overdue,
+        "period_seconds": period and period.total_seconds(),
+        "last_error": database.last_error,
+    }
 
 
 def window_start(window):
@@ -396,6 +486,7 @@ def query_detail(database, fingerprint, window=None):
     snapshots = recent_snapshots(database)
     stats = intervals_of(query, snapshots)
     plan = plan_of(database, query, version)
+    suggestions = query_suggestions(query, version=version)
     latest = interval_stats(stats[-1]) if stats else None
     # Features depend on the plan too: one that failed this time must not stick for the version.
     query_features = features.extract(
@@ -416,6 +507,7 @@ def query_detail(database, fingerprint, window=None):
         "resolution": "raw" if window is None else history.span(window, chart=True).resolution,
         "features": query_features,
         "plan": plan,
+        "suggestions": suggestions,
         "anomalies": assessment_of(assessment),
         "prediction": PREDICTION_PLACEHOLDER,
     }
@@ -464,14 +556,126 @@ def database_anomalies(database):
     ]
 
 
+def open_anomalies(database):
+    """database_anomalies() through the `anomalies` cache, one key per database."""
+    return caches["anomalies"].get_or_set(
+        f"anomalies:current:{database.id}",
+        lambda: database_anomalies(database),
+        version=data_version(database.id),
+    )
+
+
 def current_anomalies():
     """Anomalies of every enabled database, most severe first; one cache key per database."""
     found = []
     for database in MonitoredDatabase.objects.filter(enabled=True):
-        key = f"anomalies:current:{database.id}"
-        found += caches["anomalies"].get_or_set(
-            key, lambda database=database: database_anomalies(database),
-            version=data_version(database.id),
-        )
+        found += open_anomalies(database)
     found.sort(key=lambda item: (anomalies.SEVERITY_RANK[item["severity"]], -abs(item["score"])))
     return found
+
+
+def mark_rows(database, queries, suggestions):
+    """Set each TopQuery's `anomaly` to the severity of its most severe open anomaly, and
+    `suggested` when `suggestions` (database_suggestions()) hold one for it."""
+    severities = {}
+    for found in open_anomalies(database):  # most severe first
+        severities.setdefault(found["fingerprint"], found["severity"])
+    suggested = {suggestion["fingerprint"] for suggestion in suggestions}
+    for query in queries:
+        query.anomaly = severities.get(query.fingerprint)
+        query.suggested = query.fingerprint in suggested
+    return queries
+
+
+SUGGESTED_STATEMENTS = 20  # database_suggestions() advises this many top statements
+
+
+def advice_of(query, version=None):
+    """The advisor.Advice for `query` (a Query row) under its database's data `version`."""
+    database = query.database
+    version = data_version(database.id) if version is None else version
+    return advisor.cached_advice(
+        database.id, database.dsn, query.text, userid=query.userid, version=version
+    )
+
+
+def suggestion_row(query, suggestion, calls):
+    """One suggestion as the pages and the API show it (the overview's keys first)."""
+    return {
+        "fingerprint": query.fingerprint,
+        "query": query.text,
+        "table": f"{suggestion.schema}.{suggestion.table}",
+        "columns": list(suggestion.columns),
+        "statement": suggestion.statement,
+        "verified": suggestion.verified,
+        "cost_before": suggestion.cost_before,
+        "cost_after": suggestion.cost_after,
+        "calls": calls,
+        "estimated_saving": advisor.estimated_saving(suggestion, calls),
+        "estimated_rows": suggestion.estimated_rows,
+        "plan_before": list(suggestion.plan_before),
+        "plan_after": list(suggestion.plan_after),
+        "note": suggestion.note,
+    }
+
+
+def calls_in_window(query, window=DEFAULT_WINDOW):
+    """The query's calls over the last `window` (the top-queries page's default)."""
+    return sum(point[2] for point in history.series(query.id, history.span(window)))
+
+
+def query_suggestions(query, version=None):
+    """{"suggestions": [suggestion_row()], "reason": why there is none, else None,
+    "transient": True when a failure that may pass stood in the way}."""
+    advice = advice_of(query, version)
+    calls = calls_in_window(query) if advice.suggestions else 0
+    return {
+        "suggestions": [suggestion_row(query, each, calls) for each in advice.suggestions],
+        "reason": advice.reason,
+        "transient": advice.transient,
+    }
+
+
+def by_saving(row):
+    """Sort key: the largest estimated saving first, unverified ones (None) last."""
+    saving = row["estimated_saving"]
+    return (saving is None, -(saving or 0.0), row["fingerprint"])
+
+
+def database_suggestions(database, limit=SUGGESTED_STATEMENTS):
+    """suggestion_row()s of the database's top `limit` statements by total time over the
+    default window, the largest estimated saving first, unverified ones last.
+
+    Advised in the order of their time; once one meets a failure that may pass (a target
+    down or hung), the others are not asked for: the overview and the top queries wait for
+    one connection timeout, not one per statement."""
+    version = data_version(database.id)
+    top = top_queries(database, limit=limit)
+    queries = Query.objects.filter(
+        database=database, fingerprint__in=[row.fingerprint for row in top]
+    ).select_related("database")
+    by_fingerprint = {query.fingerprint: query for query in queries}
+    rows = []
+    for row in top:
+        query = by_fingerprint[row.fingerprint]
+        advice = advice_of(query, version)
+        rows += [suggestion_row(query, each, row.calls) for each in advice.suggestions]
+        if advice.transient:
+            break
+    return sorted(rows, key=by_saving)
+
+
+def optimized_features(query, version=None):
+    """The feature vector of `query` under its suggested index: features.extract with the
+    what-if plan (the `optimized` scenario the ML service predicts for), the statistics of
+    its latest interval as they are; None when it has no verified suggestion."""
+    database = query.database
+    version = data_version(database.id) if version is None else version
+    verified = [each for each in advice_of(query, version).suggestions if each.verified]
+    if not verified:
+        return None
+    stats = intervals_of(query, recent_snapshots(database))
+    latest = interval_stats(stats[-1]) if stats else None
+    return features.extract(
+        query.text, latest, verified[0].whatif_plan, scenario="optimized", version=version
+    )
