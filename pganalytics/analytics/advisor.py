@@ -40,7 +40,7 @@ RANGE_SELECTIVITY = 1 / 3  # PostgreSQL's own guesses for a range of unknown bou
 BETWEEN_SELECTIVITY = 0.005
 ANY_ELEMENTS = 10  # `= ANY($1)`: an array of unknown length
 DEFAULT_DISTINCT = 200  # PostgreSQL's guess when pg_stats has no n_distinct
-RANGE_OPERATORS = {"<": "<", ">": ">", "<=": "<=", ">=": ">="}
+RANGE_OPERATORS = {"<", ">", "<=", ">="}
 FLIPPED = {"=": "=", "<": ">", ">": "<", "<=": ">=", ">=": "<="}
 INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
 ADVISED = {"SelectStmt", "UpdateStmt", "DeleteStmt"}
@@ -67,9 +67,14 @@ TABLE_FACTS = MARKER + """ SELECT c.reltuples, c.relkind,
           WHERE x.indrelid = c.oid ORDER BY i.relname)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s"""
-# Read as the statement's role: the exact text explain.AS_OTHER_ROLES lets the collector
-# leave out.
-COLUMN_STATS = MARKER + explain.AS_OTHER_ROLES[-1].replace("$1", "%s").replace("$2", "%s")
+# The column statistics, read as the statement's role: as pg_stat_statements records it under
+# that role, after MARKER (the collector leaves it out, as explain.AS_OTHER_ROLES), and as sent.
+STATS_READ = (
+    " SELECT attname, null_frac, n_distinct, most_common_vals::text::text[], most_common_freqs"
+    " FROM pg_catalog.pg_stats WHERE schemaname = $1 AND tablename = $2 AND NOT inherited"
+)
+AS_OTHER_ROLES = (STATS_READ,)
+COLUMN_STATS = MARKER + STATS_READ.replace("$1", "%s").replace("$2", "%s")
 
 
 class NoSuggestion(ValueError):
@@ -454,13 +459,13 @@ def _unverified_reason(hypopg_schema, available, may_create):
     if hypopg_schema is not None:
         return ""
     if not available:
-        return "hypopg is not installed on the server: unverified"
+        return "hypopg is not installed on the server"
     if not settings.ADVISOR_CREATE_HYPOPG:
-        return "hypopg is not created in this database (CREATE EXTENSION hypopg): unverified"
+        return "hypopg is not created in this database (CREATE EXTENSION hypopg)"
     if not may_create:
         return (
             "hypopg is not created in this database and the monitoring role may not create "
-            "it (a superuser may: CREATE EXTENSION hypopg): unverified"
+            "it (a superuser may: CREATE EXTENSION hypopg)"
         )
     return ""
 
@@ -471,7 +476,7 @@ def _create_hypopg(connection, facts):
         connection.execute(MARKER + " CREATE EXTENSION IF NOT EXISTS hypopg SCHEMA public")
     except psycopg.Error as error:
         if not explain.is_transient(error):
-            reason = f"hypopg could not be created ({explain.error_message(error)}): unverified"
+            reason = f"hypopg could not be created: {explain.error_message(error)}"
             return replace(facts, unverified_reason=reason)
         raise
     schema = connection.execute(
@@ -530,7 +535,7 @@ def _checked(database_id, dsn, sql, userid, version, before, suggestion, facts):
             database_id, dsn, sql, userid=userid, version=version, hypothetical=hypothetical
         )
     except (explain.ExplainRefused, explain.ExplainFailed) as error:
-        note = f"the what-if plan failed ({error}): unverified"
+        note = f"the what-if plan failed: {error}"
         transient = getattr(error, "transient", False)
         return Advice((replace(suggestion, note=note),), None, transient)
     used = any(
