@@ -42,14 +42,13 @@ ANY_ELEMENTS = 10  # `= ANY($1)`: an array of unknown length
 DEFAULT_DISTINCT = 200  # PostgreSQL's guess when pg_stats has no n_distinct
 RANGE_OPERATORS = {"<", ">", "<=", ">="}
 FLIPPED = {"=": "=", "<": ">", ">": "<", "<=": ">=", ">=": "<="}
-INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
 ADVISED = {"SelectStmt", "UpdateStmt", "DeleteStmt"}
 JOINED = {"UpdateStmt": "fromClause", "DeleteStmt": "usingClause"}
 # pglast's constants by kind, and the value it leaves out (a zero, an empty string, false)
 CONSTANT_DEFAULTS = {"sval": "", "ival": 0, "fval": "0", "boolval": False}
 SUGGESTED_INDEX = "the suggested index"
 
-TABLE_FACTS = MARKER + """ SELECT c.reltuples, c.relkind,
+TABLE_FACTS = MARKER + """ SELECT c.reltuples,
     (SELECT n.nspname FROM pg_catalog.pg_extension e
      JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hypopg'),
     EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = 'hypopg'),
@@ -429,7 +428,7 @@ def _read_facts(connection, userid, schema, table):
         found = cursor.execute(TABLE_FACTS, [schema, table]).fetchone()
         if found is None:
             raise NoSuggestion(f"{quoted(schema, table)} no longer exists")
-        rows, kind, hypopg_schema, available, may_create, indexes = found
+        rows, hypopg_schema, available, may_create, indexes = found
         if not role.own:
             cursor.execute(
                 pgsql.SQL(MARKER + " SET LOCAL ROLE {}").format(pgsql.Identifier(role.name))
