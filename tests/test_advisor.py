@@ -5,6 +5,7 @@ nothing of its own left in the target's pg_stat_statements, and no name of the t
 can steer it."""
 
 import os
+import time
 
 import psycopg
 import pytest
@@ -12,7 +13,7 @@ from psycopg import conninfo
 from psycopg import sql as pgsql
 
 from caching import registry
-from pganalytics.analytics import advisor, services
+from pganalytics.analytics import advisor, explain, services
 from pganalytics.analytics.collector import collect
 from pganalytics.models import MonitoredDatabase, Query
 from pganalytics.targets import MARKER, local_dsn, reset_statements
@@ -312,3 +313,42 @@ def test_a_hostile_table_or_column_name_cannot_steer_the_advisor(target, monitor
     )
     assert target.execute("SELECT to_regclass('canary')").fetchone()[0] == "canary"
     target.execute(pgsql.SQL("DROP TABLE {table}").format(**names))
+
+
+def test_advice_is_kept_per_data_version_and_follows_a_new_index(purchases, monitored):
+    purchases.execute(LOOKUP, [1])
+    query = collected(monitored, COLLECTED_LOOKUP)
+    assert services.query_suggestions(query)["suggestions"]
+    purchases.execute("CREATE INDEX purchases_by_buyer ON purchases (buyer)")
+
+    assert services.query_suggestions(query)["suggestions"]  # the same version: kept
+    collect(monitored)  # a new snapshot, a new version: advised anew
+
+    assert services.query_suggestions(query)["reason"] == (
+        'already served by index "purchases_by_buyer"'
+    )
+
+
+def test_a_transient_failure_is_kept_briefly(monkeypatch, silent_server):
+    monkeypatch.setattr(explain, "TRANSIENT_FAILURE_SECONDS", 1)
+    hung = f"host=127.0.0.1 port={silent_server.port} dbname=x sslmode=disable connect_timeout=1"
+    for _ in range(2):
+        advice = advisor.cached_advice(1, hung, COLLECTED_LOOKUP, userid=1, version="v")
+        assert advice.transient and advice.reason.startswith("failed: ")
+    assert len(silent_server.accepted) == 1  # the second view waited for nothing
+    time.sleep(1.2)
+    advisor.cached_advice(1, hung, COLLECTED_LOOKUP, userid=1, version="v")
+    assert len(silent_server.accepted) == 2
+
+
+def test_hypopg_is_never_created_when_the_setting_says_so(settings, purchases, monitored):
+    settings.ADVISOR_CREATE_HYPOPG = False
+    without_hypopg(purchases)
+    purchases.execute(LOOKUP, [1])
+    query = collected(monitored, COLLECTED_LOOKUP)
+
+    (suggestion,) = services.query_suggestions(query)["suggestions"]
+
+    assert not suggestion["verified"]
+    assert suggestion["note"] == "hypopg is not created in this database (CREATE EXTENSION hypopg)"
+    assert not purchases.execute("SELECT FROM pg_extension WHERE extname = 'hypopg'").fetchall()
