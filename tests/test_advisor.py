@@ -4,11 +4,14 @@ extension required, nothing read or planned with more privilege than the stateme
 nothing of its own left in the target's pg_stat_statements, and no name of the target's that
 can steer it."""
 
+import io
+import json
 import os
 import time
 
 import psycopg
 import pytest
+from django.core.management import CommandError, call_command
 from psycopg import conninfo
 from psycopg import sql as pgsql
 
@@ -352,3 +355,18 @@ def test_hypopg_is_never_created_when_the_setting_says_so(settings, purchases, m
     assert not suggestion["verified"]
     assert suggestion["note"] == "hypopg is not created in this database (CREATE EXTENSION hypopg)"
     assert not purchases.execute("SELECT FROM pg_extension WHERE extname = 'hypopg'").fetchall()
+
+
+def test_the_advise_command_ranks_the_suggestions_of_a_database(purchases, monitored):
+    collect(monitored)  # the baseline: the top statements are the next interval's
+    purchases.execute(LOOKUP, [1])
+    collect(monitored)
+    out = io.StringIO()
+
+    call_command("advise", "--database", monitored.name, "--json", stdout=out)
+
+    document = json.loads(out.getvalue())
+    assert document["database"] == monitored.name
+    assert [row["columns"] for row in document["suggestions"]] == [["buyer"]]
+    with pytest.raises(CommandError, match="no monitored database named 'nope'"):
+        call_command("advise", "--database", "nope")
