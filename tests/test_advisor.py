@@ -156,6 +156,8 @@ def test_a_small_table_gets_none(target, monitored):
         ("SELECT * FROM purchases p JOIN items i ON i.id = p.id WHERE p.buyer = $1",
          "joins are not handled yet"),
         ("SELECT count(*) FROM purchases", "no predicate on a table column"),
+        ("SELECT * FROM purchases WHERE buyer = $1 OR id = $2",
+         "conditions joined by OR are not handled yet"),
         ("SELECT * FROM purchases WHERE buyer = (", "the statement does not parse"),
         ("INSERT INTO purchases VALUES ($1, $2, $3)", "only SELECT, UPDATE and DELETE"),
         ("SELECT * FROM purchases WHERE total > $1", "no selective predicate"),
@@ -370,3 +372,21 @@ def test_the_advise_command_ranks_the_suggestions_of_a_database(purchases, monit
     assert [row["columns"] for row in document["suggestions"]] == [["buyer"]]
     with pytest.raises(CommandError, match="no monitored database named 'nope'"):
         call_command("advise", "--database", "nope")
+
+
+def test_a_suggestion_the_what_if_plan_refutes_is_dropped_with_the_reason(purchases, monitored):
+    """An index of the column's collation cannot serve a comparison in another one: the
+    statistics promise a selective lookup, the planner with the hypothetical index says no."""
+    purchases.execute(
+        "ALTER TABLE purchases ADD COLUMN code text; UPDATE purchases SET code = 'c' || id;"
+        " ANALYZE purchases"
+    )
+    text = 'SELECT id FROM purchases WHERE code = $1 COLLATE "POSIX"'
+    userid = purchases.execute("SELECT oid FROM pg_roles WHERE rolname = current_user").fetchone()
+
+    advice = advisor.advise(monitored.id, monitored.dsn, text, userid=userid[0], version="v")
+
+    assert advice.suggestions == ()
+    assert advice.reason.startswith(
+        'checked with hypopg: the planner would not use an index on "code" (cost '
+    )

@@ -166,13 +166,17 @@ def read_shape(sql):
     relation = _relation(kind, body)
     alias = (relation.get("alias") or {}).get("aliasname") or relation["relname"]
     names = {alias, relation["relname"]}
+    conditions = _conjuncts(body.get("whereClause"))
     predicates = tuple(
-        found for condition in _conjuncts(body.get("whereClause"))
+        found for condition in conditions
         if (found := _predicate(condition, names)) is not None
     )
     order_by = _order_columns(body.get("sortClause", []), names)
     limited = "limitCount" in body
     if not predicates and not (order_by and limited):
+        if any(condition.get("BoolExpr", {}).get("boolop") == "OR_EXPR"
+               for condition in conditions):
+            raise NoSuggestion("conditions joined by OR are not handled yet")
         raise NoSuggestion("no predicate on a table column")
     return Shape(alias, predicates, order_by, limited)
 
