@@ -390,3 +390,22 @@ def test_a_suggestion_the_what_if_plan_refutes_is_dropped_with_the_reason(purcha
     assert advice.reason.startswith(
         'checked with hypopg: the planner would not use an index on "code" (cost '
     )
+
+
+def test_a_monitor_that_may_not_act_as_the_author_gets_the_explains_refusal(
+    db, purchases, target_name, make_role
+):
+    app = make_role("app", "GRANT SELECT ON purchases TO {role}")
+    monitor = make_role("monitor", "GRANT pg_monitor TO {role}")
+    database = MonitoredDatabase.objects.create(
+        name="limited", dsn=conninfo.make_conninfo(local_dsn(target_name), user=monitor)
+    )
+    with as_role(target_name, app) as connection:
+        connection.execute(LOOKUP, [3])
+    query = collected(database, COLLECTED_LOOKUP)
+
+    found = services.query_suggestions(query)
+
+    assert found["suggestions"] == []
+    assert found["reason"].startswith("refused: it is planned only as the role that ran it")
+    assert f'GRANT "{app}" TO "{monitor}"' in found["reason"]
