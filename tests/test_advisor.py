@@ -409,3 +409,21 @@ def test_a_monitor_that_may_not_act_as_the_author_gets_the_explains_refusal(
     assert found["suggestions"] == []
     assert found["reason"].startswith("refused: it is planned only as the role that ran it")
     assert f'GRANT "{app}" TO "{monitor}"' in found["reason"]
+
+
+def test_the_database_round_stops_at_a_target_that_does_not_answer(
+    purchases, monitored, silent_server
+):
+    collect(monitored)
+    for statement in (LOOKUP, "SELECT total FROM purchases WHERE id = %s",
+                      "SELECT id FROM purchases WHERE total = %s"):
+        purchases.execute(statement, [1])
+    collect(monitored)
+    monitored.dsn = (
+        f"host=127.0.0.1 port={silent_server.port} dbname=x sslmode=disable connect_timeout=1"
+    )
+    monitored.save()
+
+    assert services.database_suggestions(monitored) == []
+
+    assert len(silent_server.accepted) == 1  # one wait, not one per statement

@@ -536,18 +536,26 @@ def by_saving(row):
 
 def database_suggestions(database, limit=SUGGESTED_STATEMENTS):
     """suggestion_row()s of the database's top `limit` statements by total time over the
-    default window, the largest estimated saving first, unverified ones last."""
+    default window, the largest estimated saving first, unverified ones last.
+
+    A failure that may pass (a target that does not answer) stops the round: the statements
+    after it would each wait for the same target; they are advised on a later view.
+    """
     version = data_version(database.id)
     top = top_queries(database, limit=limit)
-    queries = Query.objects.filter(
-        database=database, fingerprint__in=[row.fingerprint for row in top]
-    ).select_related("database")
-    calls = {row.fingerprint: row.calls for row in top}
-    rows = [
-        suggestion_row(query, suggestion, calls[query.fingerprint])
-        for query in queries
-        for suggestion in advice_of(query, version).suggestions
-    ]
+    queries = {
+        query.fingerprint: query
+        for query in Query.objects.filter(
+            database=database, fingerprint__in=[row.fingerprint for row in top]
+        ).select_related("database")
+    }
+    rows = []
+    for row in top:
+        query = queries[row.fingerprint]
+        advice = advice_of(query, version)
+        if advice.transient:
+            break
+        rows += [suggestion_row(query, each, row.calls) for each in advice.suggestions]
     return sorted(rows, key=by_saving)
 
 
