@@ -48,9 +48,9 @@ JOINED = {"UpdateStmt": "fromClause", "DeleteStmt": "usingClause"}
 CONSTANT_DEFAULTS = {"sval": "", "ival": 0, "fval": "0", "boolval": False}
 SUGGESTED_INDEX = "the suggested index"
 
-TABLE_FACTS = MARKER + """ SELECT c.reltuples,
-    (SELECT n.nspname FROM pg_catalog.pg_extension e
-     JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hypopg'),
+HYPOPG_SCHEMA = """SELECT n.nspname FROM pg_catalog.pg_extension e
+    JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hypopg'"""
+TABLE_FACTS = MARKER + f""" SELECT c.reltuples, ({HYPOPG_SCHEMA}),
     EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = 'hypopg'),
     pg_catalog.current_setting('is_superuser')::bool AND NOT pg_catalog.pg_is_in_recovery(),
     ARRAY(SELECT pg_catalog.json_build_object('name', i.relname, 'usable',
@@ -360,6 +360,7 @@ def covering_index(columns, indexes):
 
 
 def quoted(*names):
+    """`names` as a quoted, dotted SQL name: whatever a target named its objects stays a name."""
     return ".".join(pgsql.Identifier(name).as_string() for name in names)
 
 
@@ -454,11 +455,13 @@ def _read_facts(connection, userid, schema, table):
 
 
 def _index(text):
+    """(name, key columns, usable) of one index as TABLE_FACTS gives it (JSON)."""
     index = json.loads(text)
     return index["name"], tuple(index["columns"]), index["usable"]
 
 
 def _unverified_reason(hypopg_schema, available, may_create):
+    """Why no what-if plan can be made, or "" when it can (hypopg is there, or may be made)."""
     if hypopg_schema is not None:
         return ""
     if not available:
@@ -482,10 +485,7 @@ def _create_hypopg(connection, facts):
             reason = f"hypopg could not be created: {explain.error_message(error)}"
             return replace(facts, unverified_reason=reason)
         raise
-    schema = connection.execute(
-        MARKER + " SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace"
-        " n ON n.oid = e.extnamespace WHERE e.extname = 'hypopg'"
-    ).fetchone()[0]
+    schema = connection.execute(f"{MARKER} {HYPOPG_SCHEMA}").fetchone()[0]
     return replace(facts, hypopg_schema=schema)
 
 
