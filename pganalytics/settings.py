@@ -122,7 +122,7 @@ MLCLIENT_REQUEST_ID = "pganalytics.request_id.current_request_id"
 EXPLAIN_STATEMENT_TIMEOUT = config.period("EXPLAIN_STATEMENT_TIMEOUT", "2s")
 # The index advisor (pganalytics/analytics/advisor.py) may create hypopg in a monitored
 # database where its role may (a superuser): what-if plans verify the suggestions.
-ADVISOR_CREATE_HYPOPG = config.boolean("ADVISOR_CREATE_HYPOPG", True)
+ADVISOR_CREATE_HYPOPG = config.boolean("ADVISOR_CREATE_HYPOPG", False)
 ANOMALY_WINDOW = config.integer("ANOMALY_WINDOW", 48, minimum=1)  # intervals in the baseline
 ANOMALY_MIN_POINTS = config.integer("ANOMALY_MIN_POINTS", 8, minimum=1)  # needed for a verdict
 

@@ -498,6 +498,7 @@ def test_named_caches_are_configured_with_their_ttls(settings):
         "explain": 1800,
         "anomalies": 300,
         "responses": 600,
+        "advisor": 1800,
         "default": 300,
     }
     for name, ttl in expected.items():

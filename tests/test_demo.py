@@ -47,6 +47,9 @@ def test_the_demo_collects_snapshots_with_a_regression_and_a_call_rate_jump(demo
     indexed, scanning = orders[1][1], orders[-1][1]
     assert scanning > 5 * indexed
     assert not database.snapshots.filter(reset_detected=True).exists()
+    assert lines[-2].startswith(
+        'advisor suggests CREATE INDEX CONCURRENTLY ON "public"."orders" ("customer_id")'
+    ) and lines[-2].endswith("(verified)")
     assert lines[-1].startswith("done in ") and f"{SNAPSHOTS} snapshots of 'demo'" in lines[-1]
 
 

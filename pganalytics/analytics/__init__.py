@@ -1,2 +1,3 @@
 """The analytics domain: collection of pg_stat_statements, its history, fingerprints' features,
-safe EXPLAIN, anomalies, and the cached answers the pages and the API serve (services)."""
+safe EXPLAIN, anomalies, the index advisor, and the cached answers the pages and the API serve
+(services)."""

@@ -40,18 +40,17 @@ RANGE_SELECTIVITY = 1 / 3  # PostgreSQL's own guesses for a range of unknown bou
 BETWEEN_SELECTIVITY = 0.005
 ANY_ELEMENTS = 10  # `= ANY($1)`: an array of unknown length
 DEFAULT_DISTINCT = 200  # PostgreSQL's guess when pg_stats has no n_distinct
-RANGE_OPERATORS = {"<": "<", ">": ">", "<=": "<=", ">=": ">="}
+RANGE_OPERATORS = {"<", ">", "<=", ">="}
 FLIPPED = {"=": "=", "<": ">", ">": "<", "<=": ">=", ">=": "<="}
-INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
 ADVISED = {"SelectStmt", "UpdateStmt", "DeleteStmt"}
 JOINED = {"UpdateStmt": "fromClause", "DeleteStmt": "usingClause"}
 # pglast's constants by kind, and the value it leaves out (a zero, an empty string, false)
 CONSTANT_DEFAULTS = {"sval": "", "ival": 0, "fval": "0", "boolval": False}
 SUGGESTED_INDEX = "the suggested index"
 
-TABLE_FACTS = MARKER + """ SELECT c.reltuples, c.relkind,
-    (SELECT n.nspname FROM pg_catalog.pg_extension e
-     JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hypopg'),
+HYPOPG_SCHEMA = """SELECT n.nspname FROM pg_catalog.pg_extension e
+    JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hypopg'"""
+TABLE_FACTS = MARKER + f""" SELECT c.reltuples, ({HYPOPG_SCHEMA}),
     EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = 'hypopg'),
     pg_catalog.current_setting('is_superuser')::bool AND NOT pg_catalog.pg_is_in_recovery(),
     ARRAY(SELECT pg_catalog.json_build_object('name', i.relname, 'usable',
@@ -67,9 +66,14 @@ TABLE_FACTS = MARKER + """ SELECT c.reltuples, c.relkind,
           WHERE x.indrelid = c.oid ORDER BY i.relname)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s"""
-# Read as the statement's role: the exact text explain.AS_OTHER_ROLES lets the collector
-# leave out.
-COLUMN_STATS = MARKER + explain.AS_OTHER_ROLES[-1].replace("$1", "%s").replace("$2", "%s")
+# The column statistics, read as the statement's role: as pg_stat_statements records it under
+# that role, after MARKER (the collector leaves it out, as explain.AS_OTHER_ROLES), and as sent.
+STATS_READ = (
+    " SELECT attname, null_frac, n_distinct, most_common_vals::text::text[], most_common_freqs"
+    " FROM pg_catalog.pg_stats WHERE schemaname = $1 AND tablename = $2 AND NOT inherited"
+)
+AS_OTHER_ROLES = (STATS_READ,)
+COLUMN_STATS = MARKER + STATS_READ.replace("$1", "%s").replace("$2", "%s")
 
 
 class NoSuggestion(ValueError):
@@ -162,13 +166,17 @@ def read_shape(sql):
     relation = _relation(kind, body)
     alias = (relation.get("alias") or {}).get("aliasname") or relation["relname"]
     names = {alias, relation["relname"]}
+    conditions = _conjuncts(body.get("whereClause"))
     predicates = tuple(
-        found for condition in _conjuncts(body.get("whereClause"))
+        found for condition in conditions
         if (found := _predicate(condition, names)) is not None
     )
     order_by = _order_columns(body.get("sortClause", []), names)
     limited = "limitCount" in body
     if not predicates and not (order_by and limited):
+        if any(condition.get("BoolExpr", {}).get("boolop") == "OR_EXPR"
+               for condition in conditions):
+            raise NoSuggestion("conditions joined by OR are not handled yet")
         raise NoSuggestion("no predicate on a table column")
     return Shape(alias, predicates, order_by, limited)
 
@@ -352,6 +360,7 @@ def covering_index(columns, indexes):
 
 
 def quoted(*names):
+    """`names` as a quoted, dotted SQL name: whatever a target named its objects stays a name."""
     return ".".join(pgsql.Identifier(name).as_string() for name in names)
 
 
@@ -424,7 +433,7 @@ def _read_facts(connection, userid, schema, table):
         found = cursor.execute(TABLE_FACTS, [schema, table]).fetchone()
         if found is None:
             raise NoSuggestion(f"{quoted(schema, table)} no longer exists")
-        rows, kind, hypopg_schema, available, may_create, indexes = found
+        rows, hypopg_schema, available, may_create, indexes = found
         if not role.own:
             cursor.execute(
                 pgsql.SQL(MARKER + " SET LOCAL ROLE {}").format(pgsql.Identifier(role.name))
@@ -446,21 +455,23 @@ def _read_facts(connection, userid, schema, table):
 
 
 def _index(text):
+    """(name, key columns, usable) of one index as TABLE_FACTS gives it (JSON)."""
     index = json.loads(text)
     return index["name"], tuple(index["columns"]), index["usable"]
 
 
 def _unverified_reason(hypopg_schema, available, may_create):
+    """Why no what-if plan can be made, or "" when it can (hypopg is there, or may be made)."""
     if hypopg_schema is not None:
         return ""
     if not available:
-        return "hypopg is not installed on the server: unverified"
+        return "hypopg is not installed on the server"
     if not settings.ADVISOR_CREATE_HYPOPG:
-        return "hypopg is not created in this database (CREATE EXTENSION hypopg): unverified"
+        return "hypopg is not created in this database (CREATE EXTENSION hypopg)"
     if not may_create:
         return (
             "hypopg is not created in this database and the monitoring role may not create "
-            "it (a superuser may: CREATE EXTENSION hypopg): unverified"
+            "it (a superuser may: CREATE EXTENSION hypopg)"
         )
     return ""
 
@@ -471,13 +482,10 @@ def _create_hypopg(connection, facts):
         connection.execute(MARKER + " CREATE EXTENSION IF NOT EXISTS hypopg SCHEMA public")
     except psycopg.Error as error:
         if not explain.is_transient(error):
-            reason = f"hypopg could not be created ({explain.error_message(error)}): unverified"
+            reason = f"hypopg could not be created: {explain.error_message(error)}"
             return replace(facts, unverified_reason=reason)
         raise
-    schema = connection.execute(
-        MARKER + " SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace"
-        " n ON n.oid = e.extnamespace WHERE e.extname = 'hypopg'"
-    ).fetchone()[0]
+    schema = connection.execute(f"{MARKER} {HYPOPG_SCHEMA}").fetchone()[0]
     return replace(facts, hypopg_schema=schema)
 
 
@@ -530,7 +538,7 @@ def _checked(database_id, dsn, sql, userid, version, before, suggestion, facts):
             database_id, dsn, sql, userid=userid, version=version, hypothetical=hypothetical
         )
     except (explain.ExplainRefused, explain.ExplainFailed) as error:
-        note = f"the what-if plan failed ({error}): unverified"
+        note = f"the what-if plan failed: {error}"
         transient = getattr(error, "transient", False)
         return Advice((replace(suggestion, note=note),), None, transient)
     used = any(

@@ -30,7 +30,7 @@ from django.utils import timezone
 from psycopg import sql
 
 from pganalytics import targets
-from pganalytics.analytics import explain, history
+from pganalytics.analytics import advisor, explain, history
 from pganalytics.dsn import scrub
 from pganalytics.fingerprint import Fingerprint, compute_fingerprint, fold_whitespace
 from pganalytics.formats import timestamp
@@ -258,8 +258,9 @@ def _extension_columns(connection):
 
 def _statements_query(schema, statement_columns):
     """The read of the database's statements, but the app's own: marked and run by the
-    session's role, or marked and one of the few utility statements EXPLAIN sends as another
-    role. A role that learnt the marker can hide nothing of its own behind it."""
+    session's role, or marked and one of the few fixed statements EXPLAIN and the index
+    advisor send as another role. A role that learnt the marker can hide nothing of its own
+    behind it."""
     top_level_only = sql.SQL(" AND toplevel") if "toplevel" in statement_columns else sql.SQL("")
     return sql.SQL(
         MARKER + " SELECT query, userid, queryid, {counters} FROM {view}"
@@ -271,7 +272,9 @@ def _statements_query(schema, statement_columns):
         counters=sql.SQL(", ").join(sql.Identifier(name) for name in COUNTERS),
         view=sql.Identifier(schema, "pg_stat_statements"),
         marked=sql.Literal(MARKER + "%"),
-        as_other_roles=sql.Literal([MARKER + pattern for pattern in explain.AS_OTHER_ROLES]),
+        as_other_roles=sql.Literal(
+            [MARKER + pattern for pattern in explain.AS_OTHER_ROLES + advisor.AS_OTHER_ROLES]
+        ),
         top_level_only=top_level_only,
     )
 

@@ -70,9 +70,6 @@ AS_OTHER_ROLES = (
     " SET LOCAL plan_cache_mode = force_generic_plan",
     " CALL pg_temp.pganalytics_plan(NULL::pg_catalog.json)",
     " ROLLBACK",
-    # the index advisor's read of the column statistics the role may see
-    " SELECT attname, null_frac, n_distinct, most_common_vals::text::text[], most_common_freqs"
-    " FROM pg_catalog.pg_stats WHERE schemaname = $1 AND tablename = $2 AND NOT inherited",
 )
 # SQLSTATE classes of failures that may pass: connection, resources, the operator
 # intervening, locks and conflicts; and 57014, a statement timeout or cancel.

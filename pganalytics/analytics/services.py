@@ -646,22 +646,24 @@ def database_suggestions(database, limit=SUGGESTED_STATEMENTS):
     """suggestion_row()s of the database's top `limit` statements by total time over the
     default window, the largest estimated saving first, unverified ones last.
 
-    Advised in the order of their time; once one meets a failure that may pass (a target
-    down or hung), the others are not asked for: the overview and the top queries wait for
-    one connection timeout, not one per statement."""
+    A failure that may pass (a target that does not answer) stops the round: the statements
+    after it would each wait for the same target; they are advised on a later view.
+    """
     version = data_version(database.id)
     top = top_queries(database, limit=limit)
-    queries = Query.objects.filter(
-        database=database, fingerprint__in=[row.fingerprint for row in top]
-    ).select_related("database")
-    by_fingerprint = {query.fingerprint: query for query in queries}
+    queries = {
+        query.fingerprint: query
+        for query in Query.objects.filter(
+            database=database, fingerprint__in=[row.fingerprint for row in top]
+        ).select_related("database")
+    }
     rows = []
     for row in top:
-        query = by_fingerprint[row.fingerprint]
+        query = queries[row.fingerprint]
         advice = advice_of(query, version)
-        rows += [suggestion_row(query, each, row.calls) for each in advice.suggestions]
         if advice.transient:
             break
+        rows += [suggestion_row(query, each, row.calls) for each in advice.suggestions]
     return sorted(rows, key=by_saving)
 
 
