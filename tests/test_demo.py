@@ -76,6 +76,7 @@ def test_the_demos_regressed_query_shows_its_prediction_now_and_with_the_index(
     html = page.content.decode()
     assert f"now: <span class=\"prediction\"><strong>{now['predicted_ms']:.2f} ms" in html
     assert "With the suggested index: <span class=\"prediction\"><strong>" in html
+    assert "The same figure: the baseline repeats the last interval's mean" in html
 
 
 @pytest.mark.django_db(transaction=True)

@@ -145,7 +145,7 @@ def test_top_queries_ask_one_batch_of_the_rows_not_cached_with_the_query_pages_f
     assert by_row[lookup] == detail["prediction"]["current"]
     assert by_row[lookup]["predicted_ms"] == pytest.approx(detail["features"]["mean_ms"])
     assert "Predicted ms" in page.content.decode()
-    assert f"<strong>{by_row[scan]['predicted_ms']:.2f} ms</strong>" in page.content.decode()
+    assert f'">{by_row[scan]["predicted_ms"]:.3f}</span>' in page.content.decode()
 
 
 def test_the_overview_shows_a_prediction_per_top_statement(ml, viewer_client, collected):
