@@ -174,7 +174,8 @@ def test_query_detail_shows_history_plan_features_and_why_no_prediction(
     page = client.get(f"/databases/{collected.id}/queries/{found}/").content.decode()
     assert "<svg" in page and "<polyline" in page and "<script" not in page
     assert detail["plan"]["summary"]["top_node"] in page and "calls_per_minute" in page
-    assert "No verdict yet" in page and "now: <span class=\"muted prediction\">unavailable: " in page
+    assert "No verdict yet" in page
+    assert 'now: <span class="muted prediction">unavailable: ' in page
 
 
 def test_a_ddl_statement_gets_a_refusal_not_an_error_page(client_of, user, collected, target):
