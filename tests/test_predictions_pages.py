@@ -151,10 +151,14 @@ def test_top_queries_ask_one_batch_of_the_rows_not_cached_with_the_query_pages_f
 def test_the_overview_shows_a_prediction_per_top_statement(ml, viewer_client, collected):
     _, overview = get_json(viewer_client, f"/api/v1/databases/{collected.id}/")
     _, again = get_json(viewer_client, f"/api/v1/databases/{collected.id}/")
+    page = viewer_client.get(f"/databases/{collected.id}/").content.decode()
 
     assert {row["prediction"]["status"] for row in overview["top"]} == {"ok"}
     assert again["top"] == overview["top"]
     assert batches(ml) == [[(row["fingerprint"], "current") for row in overview["top"]]]
+    table = page.split('<table id="top">')[1].split("</table>")[0]
+    assert "Predicted ms" in table
+    assert f'">{overview["top"][0]["prediction"]["predicted_ms"]:.3f}</span>' in table
 
 
 def test_with_the_real_service_stopped_the_last_value_is_stale_and_not_kept(
