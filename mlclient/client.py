@@ -71,12 +71,14 @@ class MLClient:
                                       not_idempotent=[f"{self.base_url}/api/v1/train"])
 
     @classmethod
-    def from_settings(cls):
+    def from_settings(cls, **overrides):
         """The process' shared client, built from Django settings (again when they change,
-        and in a forked child, which must not share its parent's connections)."""
+        and in a forked child, which must not share its parent's connections). Keywords
+        of MLClient in `overrides` replace the settings' values: each distinct set is
+        another shared client, e.g. one that a page can afford to wait for."""
         from mlclient.shared import shared_client
 
-        return shared_client(cls)
+        return shared_client(cls, **overrides)
 
     def predict(self, fingerprint, features, scenario="current"):
         """The Prediction for one fingerprint's features under `scenario`."""

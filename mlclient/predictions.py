@@ -2,7 +2,7 @@
 
     from mlclient import predictions
     predictions.current(fingerprint, features, scenario="current")
-    predictions.many([(fingerprint, features, scenario), ...])
+    predictions.many([(fingerprint, features, scenario), ...])  # features: a dict or a callable
 
 Each returns, per item, one of:
   - a Prediction (`stale` False): fresh from the service or from the `predictions` cache;
@@ -87,7 +87,10 @@ class CachedPredictions:
 
     def many(self, items):
         """Predictions of [(fingerprint, features, scenario), ...] in order: cached ones
-        from the cache, the others from one predict_batch call (each key asked once)."""
+        from the cache, the others from one predict_batch call (each key asked once).
+
+        `features` may be a callable returning the dict: it is called only for a key not
+        cached, so a caller whose features cost a plan or a query pays for the misses only."""
         items = list(items)
         client, cache = self.client, caches[self.cache_alias]
         try:
@@ -102,8 +105,10 @@ class CachedPredictions:
             if key not in results:
                 missing.setdefault(key, item)
         if missing:
+            asked = [(fingerprint, features() if callable(features) else features, scenario)
+                     for fingerprint, features, scenario in missing.values()]
             try:
-                answers = client.predict_batch(missing.values())
+                answers = client.predict_batch(asked)
             except MLServiceError as error:
                 answers = self._last_good(cache, [(f, s) for f, _, s in missing.values()], error)
             else:

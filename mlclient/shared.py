@@ -7,7 +7,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 _lock = threading.Lock()
-_shared = {}  # "client" -> (the options and pid it was built for, the client)
+_shared = {}  # overrides -> (the options and pid it was built for, the client)
 
 
 def settings_options():
@@ -29,16 +29,19 @@ def settings_options():
     }
 
 
-def shared_client(client_class):
-    options = settings_options()
+def shared_client(client_class, **overrides):
+    """The process' client for the settings' options with `overrides` (one per distinct
+    set of overrides: each has its own pool and breaker)."""
+    options = {**settings_options(), **overrides}
     built_for = (os.getpid(), options)
-    held = _shared.get("client")
+    name = tuple(sorted(overrides.items()))
+    held = _shared.get(name)
     if held is not None and held[0] == built_for:
         return held[1]
     with _lock:
-        held = _shared.get("client")
+        held = _shared.get(name)
         if held is None or held[0] != built_for:
             options = dict(options)
-            held = _shared["client"] = (built_for, client_class(options.pop("base_url"),
-                                                                **options))
+            held = _shared[name] = (built_for, client_class(options.pop("base_url"),
+                                                            **options))
         return held[1]

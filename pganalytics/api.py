@@ -7,7 +7,7 @@ from django.http import Http404, JsonResponse
 from django.utils.cache import patch_cache_control
 from django.views.decorators.csrf import csrf_exempt
 
-from pganalytics.analytics import services
+from pganalytics.analytics import latency_predictions, services
 from pganalytics.access import VIEW_ANALYTICS
 from pganalytics.response_cache import cached_response
 
@@ -79,8 +79,9 @@ def top_queries(request, database_id, window, order):
     database = services.database_or_404(database_id)
     found = services.workload(database, window=window, order=order)
     services.mark_rows(database, found.queries, services.database_suggestions(database))
+    services.predict_rows(database, found.queries)
     start = services.window_start(window)
-    return JsonResponse(
+    response = JsonResponse(
         {
             "database": database.name,
             "window_seconds": window.total_seconds(),
@@ -93,6 +94,9 @@ def top_queries(request, database_id, window, order):
             "evictions": services.evictions(database, start),
         }
     )
+    if latency_predictions.may_pass(row.prediction for row in found.queries):
+        patch_cache_control(response, no_store=True)
+    return response
 
 
 def query_detail_params(request):
@@ -105,7 +109,12 @@ def query_detail(request, database_id, fingerprint, window):
     database = services.database_or_404(database_id)
     detail = services.query_detail(database, fingerprint, window)
     response = JsonResponse(detail)
-    if detail["plan"].get("transient") or detail["suggestions"]["transient"]:  # may pass
+    may_pass = (
+        detail["plan"].get("transient")
+        or detail["suggestions"]["transient"]
+        or latency_predictions.may_pass(detail["prediction"].values())
+    )
+    if may_pass:
         patch_cache_control(response, no_store=True)
     return response
 

@@ -99,7 +99,10 @@ CACHES = named_caches(
 )
 
 # Extra panels of the admin's cache dashboard: title -> a callable returning a flat dict.
-CACHE_DASHBOARD_PANELS = {"Database pool": "pganalytics.db.pool_stats"}
+CACHE_DASHBOARD_PANELS = {
+    "Database pool": "pganalytics.db.pool_stats",
+    "ML client": "pganalytics.analytics.latency_predictions.client_stats",
+}
 # Who may read /metrics: these addresses, or anyone with `Authorization: Bearer METRICS_TOKEN`.
 METRICS_ALLOWED_ADDRESSES = config.networks("METRICS_ALLOWED_ADDRESSES", "127.0.0.1,::1")
 METRICS_TOKEN = config.text("METRICS_TOKEN", "")
@@ -115,6 +118,9 @@ RETRY_BACKOFF_MULTIPLIER = config.number("RETRY_BACKOFF_MULTIPLIER", 2.0, minimu
 RETRY_MAX_BACKOFF = config.duration("RETRY_MAX_BACKOFF", "2s")
 CIRCUIT_FAILURE_THRESHOLD = config.integer("CIRCUIT_FAILURE_THRESHOLD", 5, minimum=1)
 CIRCUIT_RESET_TIMEOUT = config.period("CIRCUIT_RESET_TIMEOUT", "30s")
+# Pages and API answers ask for predictions once, waiting at most this long for an answer
+# (pganalytics/analytics/latency_predictions.py), then show the last value or "unavailable".
+ML_PAGE_TIMEOUT = config.period("ML_PAGE_TIMEOUT", "1s")
 # Every call to the service forwards the id of the request being served (X-Request-ID).
 MLCLIENT_REQUEST_ID = "pganalytics.request_id.current_request_id"
 

@@ -49,6 +49,7 @@ def top_queries(request, database_id):
     }
     suggestions = services.database_suggestions(database)
     services.mark_rows(database, context["workload"].queries, suggestions)
+    services.predict_rows(database, context["workload"].queries)
     context["evictions"] = services.evictions(database, context["window_start"])
     return render(request, "pganalytics/top_queries.html", context)
 

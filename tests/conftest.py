@@ -40,6 +40,24 @@ def child_environment():
 
 
 @pytest.fixture(scope="session")
+def answering_ml_service():
+    """A loopback server answering as the ML service does (tests.fault_server), all session."""
+    from tests.fault_server import FaultServer
+
+    server = FaultServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def ml_service_url(answering_ml_service, settings):
+    """Pages ask the ML service for predictions: here answering_ml_service, so that no test
+    depends on what listens at ML_SERVICE_URL on this machine (a test points it elsewhere
+    with the `settings` fixture)."""
+    settings.ML_SERVICE_URL = answering_ml_service.url
+
+
+@pytest.fixture(scope="session")
 def target_name():
     """A scratch database for this test session, dropped at the end."""
     name = f"pganalytics_target_{os.environ.get('PYTEST_DB_SUFFIX', 'main')}_{os.getpid()}"

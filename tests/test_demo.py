@@ -9,8 +9,9 @@ from django.core.management import CommandError, call_command
 from psycopg import conninfo
 
 from pganalytics.demo import CUSTOMER_BY_EMAIL, DEMO_NAME, ORDERS_OF_CUSTOMER, run_demo
-from pganalytics.models import MonitoredDatabase, QueryStat
+from pganalytics.models import MonitoredDatabase, Query, QueryStat
 from pganalytics.targets import drop_database
+from tests.mlservice_process import Service
 
 SNAPSHOTS = 5
 
@@ -51,6 +52,34 @@ def test_the_demo_collects_snapshots_with_a_regression_and_a_call_rate_jump(demo
         'advisor suggests CREATE INDEX CONCURRENTLY ON "public"."orders" ("customer_id")'
     ) and lines[-2].endswith("(verified)")
     assert lines[-1].startswith("done in ") and f"{SNAPSHOTS} snapshots of 'demo'" in lines[-1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demos_regressed_query_shows_its_prediction_now_and_with_the_index(
+    demo_dbname, settings, tmp_path, client, make_viewer
+):
+    """As after scripts/run: the demo played, the ML service beside the app (its baseline
+    answers before any model is trained)."""
+    database = run_demo(snapshots=SNAPSHOTS, scale=0.2, dbname=demo_dbname, report=print)
+    service = Service(tmp_path / "service.log", workers=1)
+    settings.ML_SERVICE_URL = service.url
+    client.force_login(make_viewer("analyst"))
+    regressed = Query.objects.get(database=database, text__startswith="SELECT id, status, total")
+    try:
+        detail = client.get(
+            f"/api/v1/databases/{database.id}/queries/{regressed.fingerprint}/"
+        ).json()
+        page = client.get(f"/databases/{database.id}/queries/{regressed.fingerprint}/")
+    finally:
+        service.stop()
+
+    now, with_index = detail["prediction"]["current"], detail["prediction"]["optimized"]
+    assert (now["status"], now["source"]) == ("ok", "baseline")
+    assert with_index["status"] == "ok"
+    html = page.content.decode()
+    assert f"now: <span class=\"prediction\"><strong>{now['predicted_ms']:.2f} ms" in html
+    assert "With the suggested index: <span class=\"prediction\"><strong>" in html
+    assert "The same figure: the baseline repeats the last interval's mean" in html
 
 
 @pytest.mark.django_db(transaction=True)

@@ -381,6 +381,24 @@ def test_from_settings_is_shared_and_forwards_the_id_the_setting_names(serve, se
     assert rebuilt is not client and rebuilt.breaker.failure_threshold == 9
 
 
+def test_from_settings_with_overrides_is_another_shared_client(serve, settings):
+    """The pages' client: the settings' service and breaker threshold, its own timeout,
+    retries and breaker."""
+    server = serve(Answer(503))
+    settings.ML_SERVICE_URL = server.url
+    settings.CIRCUIT_FAILURE_THRESHOLD = 1
+
+    quick = MLClient.from_settings(read_timeout=0.5, max_retries=0)
+    with pytest.raises(ServiceUnavailable):
+        quick.health()
+
+    assert MLClient.from_settings(max_retries=0, read_timeout=0.5) is quick
+    assert quick.timeout[1] == 0.5 and len(server.received) == 1  # no retry
+    shared = MLClient.from_settings()
+    assert shared is not quick and shared.timeout[1] == settings.ML_SERVICE_TIMEOUT
+    assert (quick.breaker.state, shared.breaker.state) == ("open", "closed")
+
+
 def test_from_settings_reads_every_knob(serve, settings):
     server = serve()
     settings.ML_SERVICE_URL = server.url

@@ -102,6 +102,24 @@ def test_a_batch_asks_only_for_the_keys_not_cached(server):
     assert batch_fingerprints(server) == [["b", "c"], ["d"]]
 
 
+def test_features_given_as_callables_are_computed_for_the_keys_not_cached_only(server):
+    predictions = cached_predictions(server.url)
+    predictions.current("a", features(mean_ms=1.0))
+    computed = []
+
+    def features_of(fingerprint, mean_ms):
+        def compute():
+            computed.append(fingerprint)
+            return features(mean_ms=mean_ms)
+        return compute
+
+    results = predictions.many([("a", features_of("a", 1.0), "current"),
+                                ("b", features_of("b", 2.0), "current")])
+
+    assert [r.predicted_ms for r in results] == [1.0, 2.0]
+    assert computed == ["b"] and batch_fingerprints(server) == [["b"]]
+
+
 def test_concurrent_misses_of_one_key_ask_the_service_once(server):
     predictions = cached_predictions(server.url)
     model_version(predictions.client)  # learnt before the callers start

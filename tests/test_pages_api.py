@@ -16,6 +16,7 @@ from pganalytics.analytics import history
 from pganalytics.analytics.collector import CollectionError, collect
 from pganalytics.fingerprint import fingerprint
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
+from tests.test_workers import free_port
 
 LOOKUP = "SELECT count(*) FROM items WHERE id = %s"
 SCAN = "SELECT count(*) FROM items WHERE id > %s"
@@ -153,9 +154,10 @@ def test_unknown_ids_are_404(client_of, user, collected):
         assert client.get(f"/databases/{collected.id}/queries/{bad}/").status_code == 404
 
 
-def test_query_detail_shows_history_plan_features_and_a_place_for_predictions(
-    client_of, user, collected
+def test_query_detail_shows_history_plan_features_and_why_no_prediction(
+    client_of, user, collected, settings
 ):
+    settings.ML_SERVICE_URL = f"http://127.0.0.1:{free_port()}"  # no ML service there
     client = client_of(user)
     found = fingerprint_of(collected, LOOKUP)
     _, detail = get_json(client, f"/api/v1/databases/{collected.id}/queries/{found}/")
@@ -166,12 +168,14 @@ def test_query_detail_shows_history_plan_features_and_a_place_for_predictions(
     assert detail["features"]["tables"] == 1 and detail["features"]["has_plan"] == 1
     assert detail["features"]["calls_per_minute"] > 0
     assert detail["anomalies"]["enough_history"] is False  # two intervals are not a baseline
-    assert detail["prediction"]["status"] == "unavailable"
+    assert detail["prediction"]["current"]["status"] == "unavailable"
+    assert "Connection refused" in detail["prediction"]["current"]["reason"]
 
     page = client.get(f"/databases/{collected.id}/queries/{found}/").content.decode()
     assert "<svg" in page and "<polyline" in page and "<script" not in page
     assert detail["plan"]["summary"]["top_node"] in page and "calls_per_minute" in page
-    assert "No verdict yet" in page and "Unavailable" in page
+    assert "No verdict yet" in page
+    assert 'now: <span class="muted prediction">unavailable: ' in page
 
 
 def test_a_ddl_statement_gets_a_refusal_not_an_error_page(client_of, user, collected, target):

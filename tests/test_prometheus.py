@@ -11,7 +11,10 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from caching import registry
+from pganalytics.analytics import latency_predictions
 from pganalytics.config import Config, ConfigError
+from tests.fault_server import Answer, FaultServer
+from tests.mlservice_process import features
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +53,42 @@ def test_metrics_show_requests_queries_and_each_caches_counts():
     assert {label for name, label in found if name == "cache_hits_total"} >= set(caches.settings)
     assert "django_http_requests_total_by_method_total" in text
     assert found["django_db_execute_total", None] > 0
+
+
+def ml_samples(text):
+    """{(sample name, outcome label or None): value} of the ML client's series."""
+    return {
+        (sample.name, sample.labels.get("outcome")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("mlclient_")
+    }
+
+
+@pytest.mark.django_db
+def test_the_pages_ml_client_shows_its_calls_and_breaker_on_metrics(settings):
+    server = FaultServer()
+    settings.ML_SERVICE_URL = server.url
+    settings.CIRCUIT_FAILURE_THRESHOLD = 1
+    item = [("f00d", features(mean_ms=2.0), "current")]
+    before = ml_samples(scrape()[1])
+    try:
+        assert latency_predictions.predict(item)[0]["status"] == "ok"  # the model, a batch
+        caches["predictions"].clear()
+        server.script = [Answer(503)]
+        latency_predictions.predict(item)  # fails: the breaker opens
+        latency_predictions.predict(item)  # not sent
+    finally:
+        server.close()
+    after = ml_samples(scrape()[1])
+
+    def added(name, outcome=None):
+        return after[name, outcome] - before.get((name, outcome), 0.0)
+
+    assert (added("mlclient_calls_total", "ok"), added("mlclient_calls_total", "unavailable"),
+            added("mlclient_calls_total", "circuit_open")) == (2, 1, 1)
+    assert added("mlclient_call_seconds_count") == 3 and added("mlclient_retries_total") == 0
+    assert after["mlclient_breaker_state", None] == 2
 
 
 @pytest.mark.parametrize(

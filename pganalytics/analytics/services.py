@@ -20,7 +20,14 @@ from django.http import Http404
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
-from pganalytics.analytics import advisor, anomalies, explain, features, history
+from pganalytics.analytics import (
+    advisor,
+    anomalies,
+    explain,
+    features,
+    history,
+    latency_predictions,
+)
 from pganalytics.config import parse_period
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 
@@ -35,10 +42,6 @@ MAX_WINDOW = timedelta(days=3660)
 OVERVIEW_TOP = 10  # statements on a database's overview
 OVERDUE_PERIODS = 2  # a database not collected for this many of its periods is overdue
 FINGERPRINT_FORMAT = re.compile(r"[0-9a-f]{16}|x[0-9a-f]{15}")  # pglast's, or the fallback
-PREDICTION_PLACEHOLDER = {
-    "status": "unavailable",
-    "reason": "latency predictions arrive with the ML service client",
-}
 
 
 class BadRequest(ValueError):
@@ -204,6 +207,7 @@ class TopQuery:
     share: float | None  # of the database's total time in the window (None: no time at all)
     anomaly: str | None = None  # the severity of its open anomaly, set by mark_rows()
     suggested: bool = False  # the advisor suggests an index for it, set by mark_rows()
+    prediction: dict | None = None  # latency_predictions.shown(), set by predict_rows()
 
 
 @dataclass
@@ -260,13 +264,17 @@ def top_queries(database, *, window=DEFAULT_WINDOW, order="total", limit=50):
 
 def database_overview(database, window):
     """The overview of `database` over the last `window`: overview_figures(), the same for
-    every viewer, cached per database, window (as parsed) and data version; and the state of
-    its collection, which moves with the clock, never cached."""
+    every viewer, cached per database, window (as parsed) and data version; and what moves
+    on its own, never cached with them: the state of its collection, and the top rows'
+    predictions (row_predictions(): the `predictions` cache holds those)."""
     figures = caches["responses"].get_or_set(
         f"overview:{database.id}:{window.total_seconds()}",
         lambda: overview_figures(database, window),
         version=data_version(database.id),
     )
+    predictions = row_predictions(database, [row["fingerprint"] for row in figures["top"]])
+    for row, prediction in zip(figures["top"], predictions):
+        row["prediction"] = prediction
     return {
         "database": {"id": database.id, "name": database.name},
         **figures,
@@ -487,11 +495,7 @@ def query_detail(database, fingerprint, window=None):
     stats = intervals_of(query, snapshots)
     plan = plan_of(database, query, version)
     suggestions = query_suggestions(query, version=version)
-    latest = interval_stats(stats[-1]) if stats else None
-    # Features depend on the plan too: one that failed this time must not stick for the version.
-    query_features = features.extract(
-        query.text, latest, plan.get("raw"), version=f"{version}.{plan['status']}"
-    )
+    query_features = prediction_features(query, plan)
     assessment = anomalies.cached_assess(
         database.id, fingerprint, lambda: [anomaly_point(stat) for stat in stats], version=version
     )
@@ -509,8 +513,73 @@ def query_detail(database, fingerprint, window=None):
         "plan": plan,
         "suggestions": suggestions,
         "anomalies": assessment_of(assessment),
-        "prediction": PREDICTION_PLACEHOLDER,
+        "prediction": query_predictions(query, query_features, suggestions, version),
     }
+
+
+def prediction_features(query, plan):
+    """The feature vector of `query` (a Query row) the ML service predicts its `current`
+    latency from, with `plan` (plan_of()): the one place that builds it, for the query page
+    and for every prediction of the statement (their cache key holds no features)."""
+    version = data_version(query.database_id)
+    stats = intervals_of(query, recent_snapshots(query.database))
+    latest = interval_stats(stats[-1]) if stats else None
+    # Features depend on the plan too: one that failed this time must not stick for the version.
+    return features.extract(
+        query.text, latest, plan.get("raw"), version=f"{version}.{plan['status']}"
+    )
+
+
+def query_predictions(query, current_features, suggestions, version):
+    """{"current": latency_predictions.shown(), "optimized": the same under the suggested
+    index when the advisor verified one (query_suggestions()), else None}, from one batch."""
+    items = [(query.fingerprint, current_features, "current")]
+    if any(suggestion["verified"] for suggestion in suggestions["suggestions"]):
+        items.append(
+            (query.fingerprint, lambda: optimized_features(query, version), "optimized")
+        )
+    found = latency_predictions.predict(items)
+    return {"current": found[0], "optimized": found[1] if len(found) > 1 else None}
+
+
+def row_predictions(database, fingerprints):
+    """latency_predictions.shown() of the `current` latency of each of the database's
+    `fingerprints`, from one batch asking only for those not in the `predictions` cache; the
+    features (a plan each) are computed for those only, through RowFeatures."""
+    version = data_version(database.id)
+    queries = Query.objects.filter(
+        database=database, fingerprint__in=fingerprints
+    ).select_related("database")
+    by_fingerprint = {query.fingerprint: query for query in queries}
+    row_features = RowFeatures(database, version)
+    return latency_predictions.predict(
+        (fingerprint, lambda query=by_fingerprint[fingerprint]: row_features(query), "current")
+        for fingerprint in fingerprints
+    )
+
+
+class RowFeatures:
+    """prediction_features() of several statements of one database, each with its plan
+    until a plan meets a failure that may pass (a target down or hung): the others then go
+    without one, so a page waits for one connection timeout, not one per row."""
+
+    def __init__(self, database, version):
+        self.database = database
+        self.version = version
+        self.failed = None  # the plan_of() failure that may pass, once met
+
+    def __call__(self, query):
+        plan = self.failed or plan_of(self.database, query, self.version)
+        if plan.get("transient"):
+            self.failed = plan
+        return prediction_features(query, plan)
+
+
+def predict_rows(database, rows):
+    """Set each TopQuery's `prediction` (row_predictions())."""
+    for row, prediction in zip(rows, row_predictions(database, [r.fingerprint for r in rows])):
+        row.prediction = prediction
+    return rows
 
 
 def recent_points(database):
