@@ -141,10 +141,10 @@ def counting_extractor(delay=0.0):
     computed = []
 
     @cached_features()
-    def extractor(sql, stats=None, plan=None):
+    def extractor(sql, stats=None, plan=None, history=()):
         computed.append(sql)
         time.sleep(delay)
-        return extract_features(sql, stats, plan)
+        return extract_features(sql, stats, plan, history)
 
     return extractor, computed
 

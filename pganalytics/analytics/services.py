@@ -332,19 +332,6 @@ def anomaly_point(stat):
     )
 
 
-def interval_stats(stat):
-    """The features' view of one interval (stddev is the server's cumulative one)."""
-    return features.IntervalStats(
-        calls=stat.delta_calls,
-        interval_seconds=stat.interval_seconds or 0.0,
-        mean_ms=stat.delta_mean_exec_time or 0.0,
-        stddev_ms=stat.stddev_exec_time,
-        rows=stat.delta_rows,
-        shared_blks_hit=stat.delta_shared_blks_hit,
-        shared_blks_read=stat.delta_shared_blks_read,
-    )
-
-
 def plan_of(database, query, version):
     """The EXPLAIN outcome as the pages show it: a plan (with the time it was made), a
     refusal or a failure (`transient` when it may pass), never a 500. Planned anew for each
@@ -396,7 +383,7 @@ def query_detail(database, fingerprint, window=None):
     snapshots = recent_snapshots(database)
     stats = intervals_of(query, snapshots)
     plan = plan_of(database, query, version)
-    latest = interval_stats(stats[-1]) if stats else None
+    latest = features.interval_stats(stats[-1]) if stats else None
     # Features depend on the plan too: one that failed this time must not stick for the version.
     query_features = features.extract(
         query.text, latest, plan.get("raw"), version=f"{version}.{plan['status']}"
