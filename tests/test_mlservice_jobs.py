@@ -155,6 +155,29 @@ def test_a_job_with_too_little_history_is_done_not_accepted_and_the_baseline_sta
     assert running.model_version() == "baseline"
 
 
+def test_requests_to_train_while_a_job_waits_are_answered_with_that_job(services):
+    """A client cannot fill the queue: one job runs (held on the history's lock), one waits,
+    and every later request gets the waiting one, asked to look back the longest."""
+    (running,) = services()
+    with psycopg.connect(local_dsn(connection.settings_dict["NAME"])) as blocker:
+        blocker.execute("LOCK TABLE pganalytics_querystat IN ACCESS EXCLUSIVE MODE")
+        first = running.post("/api/v1/train", {"lookback_days": 1}).json()["job_id"]
+        until(lambda: running.get(f"/api/v1/train/{first}").json()["status"] == "running")
+
+        answers = [running.post("/api/v1/train", {"lookback_days": days})
+                   for days in (2, 30, 7, 1)]
+        blocker.rollback()
+
+    assert {answer.status_code for answer in answers} == {202}
+    waiting = {answer.json()["job_id"] for answer in answers}
+    assert len(waiting) == 1 and first not in waiting
+    assert {answer.json()["status"] for answer in answers} == {"queued"}
+    assert TrainingJob.objects.count() == 2
+    (waiting_id,) = waiting
+    assert TrainingJob.objects.get(pk=waiting_id).lookback_days == 30
+    until(ended(running, waiting_id), seconds=60)  # and it runs in its turn
+
+
 def test_a_job_whose_runner_is_killed_is_marked_failed_and_the_next_runs(services):
     (running,) = services()
     with psycopg.connect(local_dsn(connection.settings_dict["NAME"])) as blocker:

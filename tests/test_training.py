@@ -228,6 +228,12 @@ def test_too_little_history_trains_nothing(db):
         call_command("train_model", "--lookback-days=1", stdout=io.StringIO())
 
 
+@pytest.mark.parametrize("days", ["0", "-3", "3651", "1000000000"])
+def test_train_model_refuses_a_lookback_out_of_range_with_a_message(db, days):
+    with pytest.raises(CommandError, match="--lookback-days must be a whole number 1 to 3650"):
+        call_command("train_model", f"--lookback-days={days}", stdout=io.StringIO())
+
+
 def test_a_predictor_pickles_and_predicts_a_batch_at_once(alternating):
     predictor = train(lookback_days=1).predictor
     assert set(predictor.metrics) >= {"mae_ms", "baseline_mae_ms", "coverage_80", "samples"}
