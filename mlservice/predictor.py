@@ -68,7 +68,7 @@ class Predictor(Predicting):
 
     The ratio, not the latency itself: a tree's prediction is a step function of its inputs,
     and the latency's own steps would be far coarser than the intervals' noise. A row whose
-    reference is 0 (no calls, no history sent) has nothing to go from and is predicted near 0.
+    reference and mean_ms are 0 (no calls) has nothing to go from and is predicted near 0.
     """
 
     source = "model"
@@ -83,7 +83,9 @@ class Predictor(Predicting):
         self.reference = reference
 
     def predict_matrix(self, matrix):
-        current = log_ms(self.column(matrix, self.reference))
+        reference = self.column(matrix, self.reference)
+        # A vector sent without its history (has_history 0) goes from its own interval's mean.
+        current = log_ms(np.where(reference > 0, reference, self.column(matrix, "mean_ms")))
         point, low, high = self.forest.predict(matrix)
         point = np.exp(current + point)
         low = np.minimum(np.exp(current + low - self.widening), point)

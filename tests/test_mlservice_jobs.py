@@ -135,7 +135,12 @@ def test_a_training_job_makes_a_version_that_another_process_serves(services):
     assert job["metrics"]["mae_ms"] < job["metrics"]["baseline_mae_ms"]
     assert job["metrics"]["samples"] >= 200
     until(serving([first, second], job["model_version"]), seconds=10)
-    answer = second.post("/api/v1/predict", predict_request(mean_ms=1.0)).json()
+    after_a_quick_one = predict_request(  # as features.query_features gives it
+        mean_ms=1.0, calls_per_minute=2.0, has_stats=1.0, has_history=1.0, recent_intervals=8.0,
+        recent_median_ms=5.5, recent_spread_ms=4.5, recent_mean_ms=5.5, previous_mean_ms=10.0,
+        calls_trend=1.0,
+    )
+    answer = second.post("/api/v1/predict", after_a_quick_one).json()
     assert answer["source"] == "model"
     assert answer["predicted_ms"] > 5  # after a 1 ms interval comes a 10 ms one
     stored = ModelVersion.objects.get(version=job["model_version"])
