@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -181,6 +182,29 @@ def test_requests_to_train_while_a_job_waits_are_answered_with_that_job(services
     (waiting_id,) = waiting
     assert TrainingJob.objects.get(pk=waiting_id).lookback_days == 30
     until(ended(running, waiting_id), seconds=60)  # and it runs in its turn
+
+
+def children(pid):
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_job_outlives_the_worker_that_accepted_it(services):
+    """The job is a row: the gunicorn worker that queued it is killed (gunicorn starts
+    another) before any runner takes it, and it still runs."""
+    (running,) = services()
+    with psycopg.connect(local_dsn(connection.settings_dict["NAME"])) as blocker:
+        blocker.execute("LOCK TABLE pganalytics_querystat IN ACCESS EXCLUSIVE MODE")
+        busy = running.post("/api/v1/train", {"lookback_days": 1}).json()["job_id"]
+        until(lambda: running.get(f"/api/v1/train/{busy}").json()["status"] == "running")
+        waiting = running.post("/api/v1/train", {"lookback_days": 1}).json()["job_id"]
+        (gunicorn,) = [pid for pid in children(running.process.pid) if children(pid)]
+        (worker,) = children(gunicorn)  # the runner has none
+        os.kill(worker, signal.SIGKILL)
+        until(lambda: children(gunicorn) not in ([], [worker]))  # a new worker
+        blocker.rollback()
+
+    job = until(ended(running, waiting), seconds=60)
+    assert job["status"] == "done", job["error"]
 
 
 def test_a_job_whose_runner_is_killed_is_marked_failed_and_the_next_runs(services):
