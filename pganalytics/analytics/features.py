@@ -49,7 +49,8 @@ FEATURE_NAMES = (
     "plan_seq_scans",
     "plan_total_cost",
     "plan_rows",  # estimated rows of the top node
-    # the recent history: the latest RECENT_INTERVALS intervals with calls, the one above last
+    # the recent history: the latest RECENT_INTERVALS intervals with calls, the one of the
+    # statistics above last
     "has_history",
     "recent_intervals",  # how many there are (1 to RECENT_INTERVALS)
     "recent_median_ms",  # the median of their mean latencies
@@ -250,7 +251,9 @@ def history_features(history):
         "recent_intervals": float(len(recent)),
         "recent_median_ms": float(median),
         "recent_spread_ms": float(statistics.median(abs(mean - median) for mean in means)),
-        "recent_mean_ms": sum(stats.mean_ms * stats.calls for stats in recent) / calls,
+        "recent_mean_ms": (
+            sum(stats.mean_ms * stats.calls for stats in recent) / calls if calls else 0.0
+        ),
         "previous_mean_ms": float(means[-2]) if len(means) > 1 else 0.0,
         "calls_trend": rates[-1] / usual_rate if usual_rate else 1.0,
     }
