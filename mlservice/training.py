@@ -47,7 +47,10 @@ MIN_EXAMPLES = 200
 # bench_model's history, 6 levels did as well as unbounded ones, and a rate of 0.2 with up to
 # 150 trees came within 0.3 % of the MAE of 0.1 with up to 300, with half the trees; each tree
 # and level is work in every prediction (predictor.Forest). Nothing is chosen on the held-out
-# part. The validation part stops the boosting when 20 more trees do not improve it.
+# part. The validation part stops the boosting when 20 more trees do not improve it. With the
+# history features, none of 20 or 200 samples a leaf, a rate of 0.1 with 300 trees, unbounded
+# depth, 63 leaves, more regularisation or examples weighted by their latency did better on
+# the validation part than these by more than 0.2 % of MAE.
 BOOSTING = {
     "learning_rate": 0.2,
     "max_iter": 150,
