@@ -1,7 +1,7 @@
-"""Training jobs, rows in the database. POST /api/v1/train queues one; a runner process
-(`manage.py mlservice_runner`, started beside gunicorn by `manage.py mlservice`) claims the
-oldest queued one with FOR UPDATE SKIP LOCKED, so that any number of runners take each job
-once, and a job outlives the worker that accepted it.
+"""Training jobs, rows in the database. POST /api/v1/train queues one (or joins the one
+waiting); a runner process (`manage.py mlservice_runner`, started beside gunicorn by
+`manage.py mlservice`) claims the oldest queued one with FOR UPDATE SKIP LOCKED, so that
+any number of runners take each job once, and a job outlives the worker that accepted it.
 
 While a job trains, a thread of its runner refreshes the job's heartbeat (the database's clock,
 so runners on other hosts compare alike). A running job whose heartbeat is older than
@@ -18,9 +18,15 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.db.models import F, Value
-from django.db.models.functions import Concat, Now
+from django.db.models.functions import Concat, Greatest, Now
 from django.utils import timezone
 
 from mlservice import store
@@ -32,7 +38,21 @@ BEATS_PER_TIMEOUT = 4  # heartbeats sent within one ML_JOB_HEARTBEAT_TIMEOUT
 
 
 def enqueue(lookback_days):
-    return TrainingJob.objects.create(lookback_days=lookback_days)
+    """The queued job, asked to look back at least `lookback_days`: the one already waiting if
+    there is one (a job trains on the history there is when a runner takes it, so one more
+    would learn the same), else a new one. A client cannot fill the queue: at most one job is
+    queued (a partial unique index), beside those running."""
+    while True:  # until the update finds a waiting job or the insert is the only one
+        with transaction.atomic():
+            waiting = TrainingJob.objects.filter(status=TrainingJob.QUEUED)
+            longest = Greatest("lookback_days", Value(lookback_days))
+            if waiting.update(lookback_days=longest):  # locked: no runner claims it meanwhile
+                return waiting.get()
+            try:
+                with transaction.atomic():
+                    return TrainingJob.objects.create(lookback_days=lookback_days)
+            except IntegrityError:  # another request queued one since: join it
+                continue
 
 
 def runner_name():

@@ -33,7 +33,8 @@ class ModelVersion(models.Model):
 class TrainingJob(models.Model):
     """One request to train. A runner claims a queued job (FOR UPDATE SKIP LOCKED), refreshes
     `heartbeat_at` while it trains, and ends it done or failed; a running job whose heartbeat
-    stopped is marked failed by whoever sees it first (mlservice.jobs.reap)."""
+    stopped is marked failed by whoever sees it first (mlservice.jobs.reap). At most one job
+    is queued: requests while it waits are answered with it (mlservice.jobs.enqueue)."""
 
     QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
     STATUSES = [(status, status) for status in (QUEUED, RUNNING, DONE, FAILED)]
@@ -57,6 +58,11 @@ class TrainingJob(models.Model):
     error = models.TextField(blank=True, default="")
 
     class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["status"], condition=models.Q(status="queued"), name="one_queued_job"
+            )
+        ]
         indexes = [
             models.Index(
                 fields=["created_at"], condition=models.Q(status="queued"), name="job_queued"

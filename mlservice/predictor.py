@@ -61,26 +61,31 @@ class BaselinePredictor(Predicting):
 
 
 class Predictor(Predicting):
-    """A model trained by mlservice.training: gradient-boosted trees of how the log of the
-    latency changes from this interval (`mean_ms`) to the next one — its expected value, and
-    its 10 % and 90 % quantiles, the last two moved apart (or together) by `widening` so that
-    they held 80 % of the validation examples.
+    """A model trained by mlservice.training: gradient-boosted trees of the log of the next
+    interval's latency over the row's `reference` feature (the recent history's mean, for the
+    versions trained now) — its median, and its 10 % and 90 % quantiles, the last two moved
+    apart (or together) by `widening` so that they held 80 % of the validation examples.
 
-    The change, not the latency itself: a tree's prediction is a step function of its inputs,
-    and the latency's own steps would be far coarser than the intervals' noise. A row without
-    calls (mean_ms 0) has nothing to go from and is predicted near 0, as the baseline does.
+    The ratio, not the latency itself: a tree's prediction is a step function of its inputs,
+    and the latency's own steps would be far coarser than the intervals' noise. A row whose
+    reference and mean_ms are 0 (no calls) has nothing to go from and is predicted near 0.
     """
 
     source = "model"
+    reference = "mean_ms"  # versions pickled before `reference` was kept went from the last mean
 
-    def __init__(self, forest, widening, metrics, feature_names=FEATURE_NAMES):
+    def __init__(self, forest, widening, metrics, feature_names=FEATURE_NAMES,
+                 reference="mean_ms"):
         self.forest = forest
         self.widening = widening
         self.metrics = metrics
         self.feature_names = tuple(feature_names)
+        self.reference = reference
 
     def predict_matrix(self, matrix):
-        current = log_ms(self.column(matrix, "mean_ms"))
+        reference = self.column(matrix, self.reference)
+        # A vector sent without its history (has_history 0) goes from its own interval's mean.
+        current = log_ms(np.where(reference > 0, reference, self.column(matrix, "mean_ms")))
         point, low, high = self.forest.predict(matrix)
         point = np.exp(current + point)
         low = np.minimum(np.exp(current + low - self.widening), point)

@@ -119,6 +119,25 @@ def test_statistics_without_calls_or_blocks_give_no_division_error():
     assert features["block_hit_ratio"] == 1.0  # nothing touched: nothing read from disk
 
 
+def test_history_features_read_the_latest_8_intervals_with_calls():
+    history = [IntervalStats(calls=calls, interval_seconds=60, mean_ms=mean)
+               for calls, mean in [(50, 99.0), (1, 4.0), (2, 1.0), (1, 2.0), (4, 10.0),
+                                   (2, 3.0), (2, 5.0), (1, 6.0), (3, 2.0)]]  # the first left out
+
+    features = extract_features("SELECT 1", stats=history[-1], history=history)
+
+    assert features["has_history"] == 1.0 and features["recent_intervals"] == 8.0
+    assert features["recent_median_ms"] == 3.5  # of 1 2 2 3 4 5 6 10
+    assert features["recent_spread_ms"] == 1.5  # of 0.5 2.5 1.5 6.5 0.5 1.5 2.5 1.5
+    assert features["recent_mean_ms"] == 76.0 / 16  # 76 ms over 16 calls
+    assert features["previous_mean_ms"] == 6.0
+    assert features["calls_trend"] == 3 / 2  # the median of 1 2 1 4 2 2 1 3 calls a minute
+    alone = extract_features("SELECT 1", stats=history[0], history=history[:1])
+    assert (alone["recent_intervals"], alone["previous_mean_ms"], alone["calls_trend"]) == (
+        1.0, 0.0, 1.0)
+    assert extract_features("SELECT 1")["has_history"] == 0.0
+
+
 def test_plan_features():
     plan = [{"Plan": {
         "Node Type": "Hash Join", "Total Cost": 420.5, "Plan Rows": 37,
@@ -141,10 +160,10 @@ def counting_extractor(delay=0.0):
     computed = []
 
     @cached_features()
-    def extractor(sql, stats=None, plan=None):
+    def extractor(sql, stats=None, plan=None, history=()):
         computed.append(sql)
         time.sleep(delay)
-        return extract_features(sql, stats, plan)
+        return extract_features(sql, stats, plan, history)
 
     return extractor, computed
 
@@ -203,9 +222,9 @@ def test_extract_batch_computes_only_the_misses_in_request_order(monkeypatch):
     computed = []
     extract = shared_extractor.extract
 
-    def counted(sql, stats=None, plan=None):
+    def counted(sql, stats=None, plan=None, history=()):
         computed.append(sql)
-        return extract(sql, stats, plan)
+        return extract(sql, stats, plan, history)
 
     monkeypatch.setattr(shared_extractor, "extract", counted)
     shared_extractor("SELECT * FROM orders WHERE id = $1")

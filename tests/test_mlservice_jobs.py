@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -135,7 +136,12 @@ def test_a_training_job_makes_a_version_that_another_process_serves(services):
     assert job["metrics"]["mae_ms"] < job["metrics"]["baseline_mae_ms"]
     assert job["metrics"]["samples"] >= 200
     until(serving([first, second], job["model_version"]), seconds=10)
-    answer = second.post("/api/v1/predict", predict_request(mean_ms=1.0)).json()
+    after_a_quick_one = predict_request(  # as features.query_features gives it
+        mean_ms=1.0, calls_per_minute=2.0, has_stats=1.0, has_history=1.0, recent_intervals=8.0,
+        recent_median_ms=5.5, recent_spread_ms=4.5, recent_mean_ms=5.5, previous_mean_ms=10.0,
+        calls_trend=1.0,
+    )
+    answer = second.post("/api/v1/predict", after_a_quick_one).json()
     assert answer["source"] == "model"
     assert answer["predicted_ms"] > 5  # after a 1 ms interval comes a 10 ms one
     stored = ModelVersion.objects.get(version=job["model_version"])
@@ -153,6 +159,54 @@ def test_a_job_with_too_little_history_is_done_not_accepted_and_the_baseline_sta
     assert outcome == ("done", False, None), job["error"]
     assert "not enough history" in job["reason"]
     assert running.model_version() == "baseline"
+
+
+def test_requests_to_train_while_a_job_waits_are_answered_with_that_job(services):
+    """A client cannot fill the queue: one job runs (held on the history's lock), one waits,
+    and every later request gets the waiting one, asked to look back the longest."""
+    (running,) = services()
+    with psycopg.connect(local_dsn(connection.settings_dict["NAME"])) as blocker:
+        blocker.execute("LOCK TABLE pganalytics_querystat IN ACCESS EXCLUSIVE MODE")
+        first = running.post("/api/v1/train", {"lookback_days": 1}).json()["job_id"]
+        # Claimed: running, or already failed if a loaded machine delayed its heartbeat (its
+        # runner waits on the lock all the same).
+        until(lambda: running.get(f"/api/v1/train/{first}").json()["status"] != "queued")
+
+        answers = [running.post("/api/v1/train", {"lookback_days": days})
+                   for days in (2, 30, 7, 1)]
+        blocker.rollback()
+
+    assert {answer.status_code for answer in answers} == {202}
+    waiting = {answer.json()["job_id"] for answer in answers}
+    assert len(waiting) == 1 and first not in waiting
+    assert {answer.json()["status"] for answer in answers} == {"queued"}
+    assert TrainingJob.objects.count() == 2
+    (waiting_id,) = waiting
+    assert TrainingJob.objects.get(pk=waiting_id).lookback_days == 30
+    until(ended(running, waiting_id), seconds=60)  # and it runs in its turn
+
+
+def children(pid):
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_job_outlives_the_worker_that_accepted_it(services):
+    """The job is a row: the gunicorn worker that queued it is killed (gunicorn starts
+    another) before any runner takes it, and it still runs."""
+    (running,) = services()
+    with psycopg.connect(local_dsn(connection.settings_dict["NAME"])) as blocker:
+        blocker.execute("LOCK TABLE pganalytics_querystat IN ACCESS EXCLUSIVE MODE")
+        busy = running.post("/api/v1/train", {"lookback_days": 1}).json()["job_id"]
+        until(lambda: running.get(f"/api/v1/train/{busy}").json()["status"] == "running")
+        waiting = running.post("/api/v1/train", {"lookback_days": 1}).json()["job_id"]
+        (gunicorn,) = [pid for pid in children(running.process.pid) if children(pid)]
+        (worker,) = children(gunicorn)  # the runner has none
+        os.kill(worker, signal.SIGKILL)
+        until(lambda: children(gunicorn) not in ([], [worker]))  # a new worker
+        blocker.rollback()
+
+    job = until(ended(running, waiting), seconds=60)
+    assert job["status"] == "done", job["error"]
 
 
 def test_a_job_whose_runner_is_killed_is_marked_failed_and_the_next_runs(services):

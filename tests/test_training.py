@@ -5,7 +5,6 @@ predicts a batch at once."""
 
 import io
 import pickle
-import time
 from datetime import timedelta
 
 import numpy as np
@@ -19,7 +18,12 @@ from mlservice.predictor import Z_80, BaselinePredictor
 from mlservice.training import Examples, evaluate, load_examples, split, train
 from pganalytics.analytics.collector import COUNTERS, Reading
 from pganalytics.analytics.collector import store as store_snapshot
-from pganalytics.analytics.features import FEATURE_NAMES, IntervalStats, extract_features
+from pganalytics.analytics.features import (
+    FEATURE_NAMES,
+    IntervalStats,
+    extract_features,
+    query_features,
+)
 from pganalytics.models import MonitoredDatabase, QueryStat
 
 LOOKUP = "SELECT name FROM customers WHERE id = $1"
@@ -75,11 +79,34 @@ def test_examples_target_the_next_interval_with_calls(db):
     assert found == [(1.0, 2.0, 2.0, 120.0), (2.0, 1.0, 4.0, 240.0), (4.0, 4.0, 8.0, 300.0),
                      (10.0, 1.0, 30.0, 240.0)]
     report = examples.features[mean == 10.0][0]
-    expected = extract_features(REPORT, IntervalStats(
-        calls=1, interval_seconds=60.0, mean_ms=10.0, stddev_ms=STDDEV_MS, rows=1,
-        shared_blks_hit=3, shared_blks_read=1,
-    ))
+    first = IntervalStats(calls=1, interval_seconds=60.0, mean_ms=10.0, stddev_ms=STDDEV_MS,
+                          rows=1, shared_blks_hit=3, shared_blks_read=1)
+    expected = extract_features(REPORT, first, history=[first])
     assert report.tolist() == pytest.approx([expected[name] for name in FEATURE_NAMES])
+
+
+def test_an_example_is_the_vector_query_features_gives_at_its_interval(db):
+    """Training reads what a client sends (features.query_features): the history features
+    included, computed from each statement's own intervals with calls up to that one."""
+    start = timezone.now() - timedelta(hours=1)
+    store_history("tiny", start, {
+        LOOKUP: [(2, 1.0), (1, 2.0), None, (4, 4.0), (1, 8.0)] * 3,
+        REPORT: [(1, 10.0), None, None, (3, 30.0), None, (5, 20.0)] * 2,
+    })
+    stats = QueryStat.objects.filter(delta_calls__gt=0).select_related("query")
+    newest = {stat.query_id: stat.taken_at for stat in stats.order_by("taken_at")}
+
+    examples = load_examples(start)
+
+    expected = sorted(
+        [features[name] for name in FEATURE_NAMES]
+        for stat in stats if stat.taken_at < newest[stat.query_id]  # the last has no target
+        for features in [query_features(stat.query, until=stat.taken_at)]
+    )
+    assert len(expected) == len(examples.features) == 11 + 5
+    assert np.allclose(sorted(examples.features.tolist()), expected)
+    assert {row[FEATURE_NAMES.index("recent_intervals")] for row in expected} == set(
+        map(float, range(1, 9)))
 
 
 def test_the_median_of_the_last_8_keeps_to_each_statement(db):
@@ -142,11 +169,11 @@ def test_the_baselines_and_the_figures_on_hand_made_examples():
 
 
 def test_a_model_on_a_generated_history_against_the_baselines(db):
-    """bench_model's history, a day of it for two databases. The median of the last 8
-    intervals wins: the model sees one interval (FEATURE_NAMES), the median eight, and the
-    calls of most statements vary more than their levels move. Measured here: the model's MAE
-    1.125× that median's and 0.90× the last value's, its 80 % interval holding 81.1 %. This
-    fails if the model falls further behind or its interval drifts."""
+    """bench_model's history, a day of it for two databases. The model beats the median of the
+    last 8 intervals, barely: measured here 0.994× its MAE (the goal, 0.9×, is not met), 0.79×
+    the last value's, its 80 % interval holding 83.7 %, its median error 7.3 % (the median's
+    7.6 %). On this history, knowing each statement's current level would give about 0.96×
+    (bench_model). This fails if the model falls behind the median or its interval drifts."""
     generate(np.random.default_rng(9), databases=2, statements=24, intervals=1440,
              period=MINUTE, regressions=2)
 
@@ -154,11 +181,12 @@ def test_a_model_on_a_generated_history_against_the_baselines(db):
 
     metrics = outcome.metrics
     assert metrics["samples"] > 50_000 and metrics["held_out"] > 10_000
-    assert metrics["baseline"] == "median_8" and not outcome.accepted
-    assert metrics["mae_vs_best_baseline"] < 1.18
-    assert metrics["mae_ms"] < 0.95 * metrics["last_value_mae_ms"]
+    assert metrics["baseline"] == "median_8" and outcome.accepted
+    assert metrics["mae_vs_best_baseline"] < 1.0
+    assert metrics["mae_ms"] < 0.85 * metrics["last_value_mae_ms"]
+    assert metrics["mdape"] < metrics["median_8_mdape"]
     assert 0.75 <= metrics["coverage_80"] <= 0.86
-    assert outcome.reason.startswith("rejected, it does not beat the better baseline")
+    assert outcome.reason.startswith("accepted: held-out MAE")
 
 
 @pytest.fixture
@@ -199,28 +227,25 @@ def test_too_little_history_trains_nothing(db):
         call_command("train_model", "--lookback-days=1", stdout=io.StringIO())
 
 
+@pytest.mark.parametrize("days", ["0", "-3", "3651", "1000000000"])
+def test_train_model_refuses_a_lookback_out_of_range_with_a_message(db, days):
+    with pytest.raises(CommandError, match="--lookback-days must be a whole number 1 to 3650"):
+        call_command("train_model", f"--lookback-days={days}", stdout=io.StringIO())
+
+
 def test_a_predictor_pickles_and_predicts_a_batch_at_once(alternating):
     predictor = train(lookback_days=1).predictor
     assert set(predictor.metrics) >= {"mae_ms", "baseline_mae_ms", "coverage_80", "samples"}
     stats = QueryStat.objects.filter(delta_calls__gt=0).select_related("query")
-    rows = [extract_features(stat.query.text, IntervalStats(
-        calls=stat.delta_calls, interval_seconds=stat.interval_seconds,
-        mean_ms=stat.delta_mean_exec_time, stddev_ms=stat.stddev_exec_time,
-    )) for stat in stats] * 2
+    rows = [query_features(stat.query, until=stat.taken_at) for stat in stats] * 2
     rows = rows[:BATCH]
 
     again = pickle.loads(pickle.dumps(predictor))
 
-    batch, seconds = timed(lambda: again.predict(rows))
-    singles, single_seconds = timed(lambda: [again.predict([row])[0] for row in rows])
+    batch = again.predict(rows)  # how fast, against one row at a time: bench_model
+    singles = [again.predict([row])[0] for row in rows]
     assert len(batch) == BATCH and batch == predictor.predict(rows)
     assert np.allclose(batch, singles)
     assert all(low <= point <= high for point, low, high in batch)
-    assert seconds < single_seconds / 2  # one walk of the trees for all rows
     with pytest.raises(ValueError, match="finite"):
         again.predict([{**rows[0], "mean_ms": float("nan")}])
-
-
-def timed(call):
-    started = time.perf_counter()
-    return call(), time.perf_counter() - started

@@ -1,11 +1,13 @@
 """The feature vector of a query, as the ML service consumes it: a flat `{name: float}`.
 
-Three sources, each optional: the statement's parse tree (pglast's JSON tree, ~15x cheaper
-to get than its Python node objects), one interval's statistics, and the EXPLAIN plan.
+Four sources, each optional: the statement's parse tree (pglast's JSON tree, ~15x cheaper
+to get than its Python node objects), one interval's statistics, the EXPLAIN plan, and the
+statement's recent history (its latest RECENT_INTERVALS intervals with calls, that one last).
 Whatever is missing reads 0 and its `has_*` flag says so, so every vector has every name.
 `FEATURE_NAMES` is the contract with the model: append new names, never reorder or rename.
 """
 
+import statistics
 from dataclasses import dataclass
 
 from django.core.cache import caches
@@ -13,6 +15,7 @@ from pglast import parser
 
 from pganalytics.analytics.explain import highest_parameter, parse_tree, summarize, tree_nodes
 from pganalytics.fingerprint import fingerprint
+from pganalytics.models import QueryStat
 
 FEATURE_NAMES = (
     # parse tree
@@ -46,7 +49,17 @@ FEATURE_NAMES = (
     "plan_seq_scans",
     "plan_total_cost",
     "plan_rows",  # estimated rows of the top node
+    # the recent history: the latest RECENT_INTERVALS intervals with calls, the one of the
+    # statistics above last
+    "has_history",
+    "recent_intervals",  # how many there are (1 to RECENT_INTERVALS)
+    "recent_median_ms",  # the median of their mean latencies
+    "recent_spread_ms",  # the median absolute deviation of their mean latencies from it
+    "recent_mean_ms",  # their total time / their calls: the mean of all their calls
+    "previous_mean_ms",  # the mean latency of the one before the last; 0 when there is none
+    "calls_trend",  # the last one's calls a minute / the median of theirs (1 when that is 0)
 )
+RECENT_INTERVALS = 8
 SCENARIOS = ("current", "optimized")
 AGGREGATE_NAMES = frozenset({
     "array_agg", "avg", "bit_and", "bit_or", "bit_xor", "bool_and", "bool_or", "count",
@@ -85,13 +98,14 @@ class FeatureRequest:
     stats: IntervalStats | dict | None = None
     plan: list | None = None
     scenario: str = "current"
+    history: tuple = ()
 
 
-def extract_features(sql, stats=None, plan=None):
+def extract_features(sql, stats=None, plan=None, history=()):
     """The feature dict of `sql` (names in FEATURE_NAMES order); never raises for bad SQL.
 
     `stats` is an IntervalStats or a dict with its field names; `plan` the EXPLAIN
-    (FORMAT JSON) result.
+    (FORMAT JSON) result; `history` IntervalStats as history_features reads them.
     """
     features = dict.fromkeys(FEATURE_NAMES, 0.0)
     features.update(tree_features(sql))
@@ -99,7 +113,41 @@ def extract_features(sql, stats=None, plan=None):
         features.update(stats_features(stats))
     if plan:
         features.update(plan_features(plan))
+    if history:
+        features.update(history_features(history))
     return features
+
+
+def query_features(query, plan=None, until=None):
+    """The vector the ML service was trained on, for `query` as of `until` (default: now):
+    its text, its newest interval with calls (up to `until`), the intervals with calls before
+    that one (recent_history), and `plan` if given (training has none: plans of the past are
+    not kept). What a prediction panel sends, so that the model sees what it learnt from."""
+    history = recent_history(query, until)
+    return extract_features(query.text, history[-1] if history else None, plan, history)
+
+
+def recent_history(query, until=None):
+    """IntervalStats of `query`'s latest RECENT_INTERVALS intervals with calls up to `until`,
+    oldest first. The rows mlservice.training reads: calls and a mean latency above 0."""
+    stats = QueryStat.objects.filter(query=query, delta_calls__gt=0, delta_mean_exec_time__gt=0)
+    if until is not None:
+        stats = stats.filter(taken_at__lte=until)
+    newest = stats.order_by("-taken_at")[:RECENT_INTERVALS]
+    return [interval_stats(stat) for stat in reversed(newest)]
+
+
+def interval_stats(stat):
+    """The features' view of one QueryStat's interval (stddev is the server's cumulative one)."""
+    return IntervalStats(
+        calls=stat.delta_calls,
+        interval_seconds=stat.interval_seconds or 0.0,
+        mean_ms=stat.delta_mean_exec_time or 0.0,
+        stddev_ms=stat.stddev_exec_time,
+        rows=stat.delta_rows,
+        shared_blks_hit=stat.delta_shared_blks_hit,
+        shared_blks_read=stat.delta_shared_blks_read,
+    )
 
 
 def tree_features(sql):
@@ -179,14 +227,40 @@ def stats_features(stats):
     touched = stats.shared_blks_hit + stats.shared_blks_read
     return {
         "has_stats": 1.0,
-        "calls_per_minute": (
-            stats.calls * 60.0 / stats.interval_seconds if stats.interval_seconds else 0.0
-        ),
+        "calls_per_minute": per_minute(stats),
         "mean_ms": float(stats.mean_ms or 0.0),
         "stddev_ms": float(stats.stddev_ms or 0.0),
         "rows_per_call": stats.rows / stats.calls if stats.calls else 0.0,
         "block_hit_ratio": stats.shared_blks_hit / touched if touched else 1.0,
     }
+
+
+def history_features(history):
+    """Features of a statement's recent history: `history` holds IntervalStats of its
+    intervals with calls, oldest first, the one the vector describes last; the latest
+    RECENT_INTERVALS are read. The median of their means is the better baseline the model is
+    measured against (mlservice.training); the rest says how far to trust it."""
+    recent = history[-RECENT_INTERVALS:]
+    means = [stats.mean_ms for stats in recent]
+    median = statistics.median(means)
+    calls = sum(stats.calls for stats in recent)
+    rates = [per_minute(stats) for stats in recent]
+    usual_rate = statistics.median(rates)
+    return {
+        "has_history": 1.0,
+        "recent_intervals": float(len(recent)),
+        "recent_median_ms": float(median),
+        "recent_spread_ms": float(statistics.median(abs(mean - median) for mean in means)),
+        "recent_mean_ms": (
+            sum(stats.mean_ms * stats.calls for stats in recent) / calls if calls else 0.0
+        ),
+        "previous_mean_ms": float(means[-2]) if len(means) > 1 else 0.0,
+        "calls_trend": rates[-1] / usual_rate if usual_rate else 1.0,
+    }
+
+
+def per_minute(stats):
+    return stats.calls * 60.0 / stats.interval_seconds if stats.interval_seconds else 0.0
 
 
 def plan_features(plan):
@@ -217,10 +291,13 @@ class CachedExtractor:
             raise ValueError(f"scenario {scenario!r}: expected one of {', '.join(SCENARIOS)}")
         return f"features:{fingerprint(sql).fingerprint}:{scenario}"
 
-    def __call__(self, sql, stats=None, plan=None, *, scenario="current", version=None):
+    def __call__(self, sql, stats=None, plan=None, history=(), *, scenario="current",
+                 version=None):
         cache = caches[self.cache_alias]
         key = self.key(sql, scenario)
-        return cache.get_or_set(key, lambda: self.extract(sql, stats, plan), version=version)
+        return cache.get_or_set(
+            key, lambda: self.extract(sql, stats, plan, history), version=version
+        )
 
     def batch(self, requests, *, version=None):
         """Features of each FeatureRequest, in input order; one computation per missing key."""
@@ -230,7 +307,9 @@ class CachedExtractor:
         computed = {}
         for key, request in zip(keys, requests):
             if key not in found and key not in computed:
-                computed[key] = self.extract(request.sql, request.stats, request.plan)
+                computed[key] = self.extract(
+                    request.sql, request.stats, request.plan, request.history
+                )
         if computed:
             cache.set_many(computed, version=version)
         return [found[key] if key in found else computed[key] for key in keys]

@@ -430,19 +430,6 @@ def anomaly_point(stat):
     )
 
 
-def interval_stats(stat):
-    """The features' view of one interval (stddev is the server's cumulative one)."""
-    return features.IntervalStats(
-        calls=stat.delta_calls,
-        interval_seconds=stat.interval_seconds or 0.0,
-        mean_ms=stat.delta_mean_exec_time or 0.0,
-        stddev_ms=stat.stddev_exec_time,
-        rows=stat.delta_rows,
-        shared_blks_hit=stat.delta_shared_blks_hit,
-        shared_blks_read=stat.delta_shared_blks_read,
-    )
-
-
 def plan_of(database, query, version):
     """The EXPLAIN outcome as the pages show it: a plan (with the time it was made), a
     refusal or a failure (`transient` when it may pass), never a 500. Planned anew for each
@@ -522,11 +509,11 @@ def prediction_features(query, plan):
     latency from, with `plan` (plan_of()): the one place that builds it, for the query page
     and for every prediction of the statement (their cache key holds no features)."""
     version = data_version(query.database_id)
-    stats = intervals_of(query, recent_snapshots(query.database))
-    latest = interval_stats(stats[-1]) if stats else None
+    history = features.recent_history(query)  # as features.query_features() reads it
+    latest = history[-1] if history else None
     # Features depend on the plan too: one that failed this time must not stick for the version.
     return features.extract(
-        query.text, latest, plan.get("raw"), version=f"{version}.{plan['status']}"
+        query.text, latest, plan.get("raw"), history, version=f"{version}.{plan['status']}"
     )
 
 
@@ -745,8 +732,9 @@ def optimized_features(query, version=None):
     verified = [each for each in advice_of(query, version).suggestions if each.verified]
     if not verified:
         return None
-    stats = intervals_of(query, recent_snapshots(database))
-    latest = interval_stats(stats[-1]) if stats else None
+    history = features.recent_history(query)  # as prediction_features() reads it
+    latest = history[-1] if history else None
     return features.extract(
-        query.text, latest, verified[0].whatif_plan, scenario="optimized", version=version
+        query.text, latest, verified[0].whatif_plan, history, scenario="optimized",
+        version=version,
     )

@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from mlservice import store
+from mlservice.contract import MAX_LOOKBACK_DAYS
 from mlservice.training import BASELINES, HELD_OUT, train
 
 
@@ -29,8 +30,8 @@ class Command(BaseCommand):
                             help="store the model as a version, the current one if accepted")
 
     def handle(self, *args, lookback_days, save, **options):
-        if lookback_days < 1:
-            raise CommandError("--lookback-days must be at least 1")
+        if not 1 <= lookback_days <= MAX_LOOKBACK_DAYS:  # a date before year 1 does not exist
+            raise CommandError(f"--lookback-days must be a whole number 1 to {MAX_LOOKBACK_DAYS}")
         if timedelta(days=lookback_days) > settings.RAW_RETENTION:
             self.stdout.write(f"Raw intervals are kept {settings.RAW_RETENTION}: the examples "
                               "reach back that far at most.")
