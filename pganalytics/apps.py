@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.core.signals import request_finished
 
 
 class PganalyticsConfig(AppConfig):
@@ -6,4 +7,6 @@ class PganalyticsConfig(AppConfig):
     verbose_name = "PostgreSQL analytics"
 
     def ready(self):
-        from pganalytics import signals  # noqa: F401 - connects the receivers
+        from pganalytics import pool_metrics, signals  # noqa: F401 - signals connects receivers
+
+        request_finished.connect(pool_metrics.sync, dispatch_uid="pganalytics.pool_metrics.sync")
