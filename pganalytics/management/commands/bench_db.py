@@ -1,10 +1,10 @@
 """`manage.py bench_db [--workers 2] [--concurrency 8] [--requests 2000] [--rounds 3] [--json]`.
 
-The DB tuning layer measured: one gunicorn per mode of pganalytics.db_bench (a new connection
-per request, persistent connections, the pool, the pool keeping 15 open), each on its own port
-with the same workers, serving a view that makes one query (`SELECT 1`) under the project's
+The DB tuning layer measured: a gunicorn per mode of pganalytics.db_bench (a new connection
+per request, persistent connections, the pool, the pool keeping 15 open), on its own port with
+the same workers, serving a view that makes one query (`SELECT 1`) under the project's
 middleware; the same load of concurrent HTTP clients on each, rounds interleaved so the
-machine's drift spreads over all modes. Throughput, p50 and p99 side by side, and the
+machine's drift spreads over all modes, one server at a time. Throughput, p50 and p99 side by side, and the
 connections each mode holds on the server afterwards (pg_stat_activity).
 """
 
@@ -42,38 +42,39 @@ class Command(BaseCommand):
                             ("requests", requests), ("rounds", rounds)]:
             if value < 1:
                 raise CommandError(f"--{name} must be at least 1")
-        run = os.getpid()
-        servers = {
-            mode: http_load.Gunicorn(f"pganalytics.db_bench:application({mode!r}, {run})", workers)
-            for mode in MODES
-        }
-        try:
-            loads = self.measure(servers, concurrency, requests, rounds)
-            held = {mode: connections_held(application_name(mode, run)) for mode in MODES}
-        finally:
-            for server in servers.values():
-                server.stop()
+        loads = {mode: http_load.Load() for mode in MODES}
+        held = {}
+        warm_up = 2 * concurrency
+        total = rounds * len(MODES) * (warm_up + requests)
+        with tqdm(total=total, unit="req", leave=False) as bar:
+            for _ in range(rounds):  # interleaved: the machine's drift spreads over all modes
+                for mode in MODES:
+                    load, held[mode] = self.measure(
+                        mode, workers, concurrency, warm_up, requests, bar.update
+                    )
+                    loads[mode].add(load)
         report = self.report(loads, held, workers, concurrency)
         if options["json"]:
             self.stdout.write(json.dumps(report, indent=2))
         else:
             self.print_table(report)
 
-    def measure(self, servers, concurrency, requests, rounds):
-        for server in servers.values():
+    def measure(self, mode, workers, concurrency, warm_up, requests, progress):
+        """One round of `mode`: its own server, alone (a server kept between rounds would
+        hold its connections while another mode is measured), warmed up, then `requests`;
+        returns the load and the connections it held at the end."""
+        run = os.getpid()
+        server = http_load.Gunicorn(f"pganalytics.db_bench:application({mode!r}, {run})", workers)
+        try:
             server.wait_until_serving(PATH)
-        loads = {mode: http_load.Load() for mode in servers}
-        warm_up = 2 * concurrency
-        total = len(servers) * (warm_up + rounds * requests)
-        with tqdm(total=total, unit="req", leave=False) as bar:
-            for server in servers.values():  # every worker's connections open, as in service
-                http_load.run(server.port, PATH, warm_up, concurrency, bar.update)
-            for _ in range(rounds):
-                for mode, server in servers.items():
-                    loads[mode].add(
-                        http_load.run(server.port, PATH, requests, concurrency, bar.update)
-                    )
-        return loads
+            http_load.run(server.port, PATH, warm_up, concurrency, progress)
+            load = http_load.run(server.port, PATH, requests, concurrency, progress)
+            held = connections_held(application_name(mode, run))
+        finally:
+            log = server.stop()
+        if load.errors:
+            self.stderr.write(f"{mode}: {load.errors} errors; the server's log ends:\n{log[-1500:]}")
+        return load, held
 
     def report(self, loads, held, workers, concurrency):
         reference = loads[REFERENCE].requests_per_second
