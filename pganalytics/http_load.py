@@ -93,10 +93,11 @@ class Load:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
 
     def percentile_ms(self, fraction):
+        """Milliseconds (2 decimals) under which `fraction` of the answers came; None if none."""
         ordered = sorted(self.latencies)
         if not ordered:
             return None
-        return 1000 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+        return round(1000 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
 
 
 def run(port, path, requests, concurrency, progress=None):

@@ -85,8 +85,8 @@ class Command(BaseCommand):
                 "requests": len(load.latencies),
                 "errors": load.errors,
                 "requests_per_second": round(load.requests_per_second, 1),
-                "p50_ms": round(load.percentile_ms(0.50), 2),
-                "p99_ms": round(load.percentile_ms(0.99), 2),
+                "p50_ms": load.percentile_ms(0.50),
+                "p99_ms": load.percentile_ms(0.99),
                 "vs_new_connection": round(load.requests_per_second / reference, 2),
                 "connections_held": held[mode],
             }
@@ -113,10 +113,15 @@ class Command(BaseCommand):
         )
         for row in report["modes"]:
             self.stdout.write(
-                f"{row['label']:<44} {row['requests_per_second']:>8,.1f} {row['p50_ms']:>8.2f} "
-                f"{row['p99_ms']:>8.2f} {row['errors']:>6} {row['connections_held']:>5}  "
+                f"{row['label']:<44} {row['requests_per_second']:>8,.1f} "
+                f"{milliseconds(row['p50_ms']):>8} {milliseconds(row['p99_ms']):>8} "
+                f"{row['errors']:>6} {row['connections_held']:>5}  "
                 f"{row['vs_new_connection']:.2f}x"
             )
+
+
+def milliseconds(value):
+    return "-" if value is None else f"{value:.2f}"
 
 
 def connections_held(name):
