@@ -1,4 +1,4 @@
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 from django.core.signals import request_finished
 
 
@@ -7,6 +7,13 @@ class PganalyticsConfig(AppConfig):
     verbose_name = "PostgreSQL analytics"
 
     def ready(self):
-        from pganalytics import pool_metrics, signals  # noqa: F401 - signals connects receivers
+        from pganalytics import signals  # noqa: F401 - connects the receivers
 
-        request_finished.connect(pool_metrics.sync, dispatch_uid="pganalytics.pool_metrics.sync")
+        # Where /metrics is served (the web app, not the ML service, which reads these models
+        # too): its processes write their pool's figures for the sums.
+        if apps.is_installed("django_prometheus"):
+            from pganalytics import pool_metrics
+
+            request_finished.connect(
+                pool_metrics.sync, dispatch_uid="pganalytics.pool_metrics.sync"
+            )

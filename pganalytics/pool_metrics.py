@@ -24,8 +24,10 @@ SUMMED = {
     "requests": "Connections handed out by the live processes' pools",
     "errors": "Connection requests the live processes' pools failed",
 }
+# Labelled by alias, so that a process writes these (in multiprocess mode, its file of live
+# gauges) only once it has a pool: an unlabelled gauge would be written at import.
 GAUGES = {
-    name: Gauge(f"db_pool_{name}", help_text, multiprocess_mode="livesum")
+    name: Gauge(f"db_pool_{name}", help_text, ["alias"], multiprocess_mode="livesum")
     for name, help_text in SUMMED.items()
 }
 
@@ -37,7 +39,7 @@ def sync(**signal_kwargs):
     if not stats["pooled"]:
         return
     for name, gauge in GAUGES.items():
-        gauge.set(1 if name == "processes" else stats[name])
+        gauge.labels(stats["alias"]).set(1 if name == "processes" else stats[name])
 
 
 def summed(directory=None):
