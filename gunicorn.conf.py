@@ -6,7 +6,9 @@
 In prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR set before gunicorn
 starts) every process writes its values to files there: the directory is emptied when
 gunicorn starts, so no earlier run's counts are added in, and a worker's live gauges are
-dropped when it exits, so `cache_entries` sums the workers that are alive.
+dropped when it exits, so `cache_entries` sums the workers that are alive. Once the workers
+are known, the master warns when they (and the ML service) may open more database connections
+than the server accepts (pganalytics.connection_budget).
 """
 
 import os
@@ -22,6 +24,15 @@ def on_starting(server):
         Path(directory).mkdir(parents=True, exist_ok=True)
         for leftover in Path(directory).glob("*.db"):
             leftover.unlink()
+
+
+def when_ready(server):
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pganalytics.settings")
+    from pganalytics.connection_budget import check
+
+    message = check(server.cfg.workers, server.cfg.threads)
+    if message:
+        server.log.warning(message)
 
 
 def child_exit(server, worker):

@@ -4,8 +4,9 @@ One Listener per process and Redis URL: a daemon thread subscribed to every tier
 cache's event channel. A process that writes, deletes or clears publishes an event; the
 others drop their local copies. Events a process missed while disconnected cannot be
 replayed, so after every (re)subscription the local copies are dropped wholesale. The same
-thread publishes this process's metrics every second, for the admin to sum. Redis calls
-time out quickly: a Redis that does not answer costs a round trip half a second.
+thread publishes this process's metrics every second, for the admin to sum, and makes the
+probe of the tier's breaker (caching.breaker) once its cool-down is over. Redis calls time out
+quickly: a Redis that does not answer costs a call half a second, then the breaker skips it.
 """
 
 import logging
@@ -16,6 +17,8 @@ import uuid
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from caching.breaker import Breaker
 
 EVENTS_PATTERN = "caching:*:events"
 METRICS_EVERY_SECONDS = 1.0
@@ -31,7 +34,8 @@ def events_channel(location):
 
 
 class Listener:
-    """Applies other processes' events to this process's tiers; publishes its metrics."""
+    """Applies other processes' events to this process's tiers; publishes its metrics;
+    probes a Redis its breaker skips."""
 
     def __init__(self, url):
         self.client = redis.Redis.from_url(
@@ -40,6 +44,7 @@ class Listener:
         )
         self.token = uuid.uuid4().hex  # tells this process's own events apart
         self.tiers = {}  # events channel -> Tier
+        self.breaker = Breaker()
         self._lock = threading.Lock()
         self._tried = threading.Event()  # the thread has subscribed, or failed to, once
         self._thread = threading.Thread(target=self._run, name="caching-coherence", daemon=True)
@@ -96,6 +101,8 @@ class Listener:
                     raise  # lost Redis: _run reconnects and resyncs
                 except Exception:  # anyone can publish on the channel
                     logger.exception("caching: ignored a malformed event %r", message)
+            if self.breaker.due():
+                self.breaker.probe(self._forget)
             if time.monotonic() - published_at >= METRICS_EVERY_SECONDS:
                 for tier in self._registered():
                     try:
@@ -103,6 +110,13 @@ class Listener:
                     except redis.ResponseError as error:  # OOM, READONLY, NOPERM: still connected
                         tier.count_error(error)
                 published_at = time.monotonic()
+
+    def _forget(self, unsynced):
+        """The breaker's probe: a PING, then Redis made to forget what this process's writes
+        left unsynced there ({tier: what}: see Tier.forget). Raises when Redis fails."""
+        self.client.ping()
+        for tier, what in unsynced.items():
+            tier.forget(self.client, what, self.publish)
 
     def _registered(self):
         with self._lock:

@@ -17,7 +17,8 @@ from prometheus_client import Counter, Gauge
 
 from caching import registry
 
-COUNTED = ("hits", "misses", "evictions", "expirations")
+COUNTED = ("hits", "misses", "evictions", "expirations", "l2_errors", "l2_skipped")
+GAUGED = ("entries", "max_entries", "l2_open")
 COUNTERS = {
     field: Counter(f"cache_{field}", f"Named cache {field}, summed over processes", ["cache"])
     for field in COUNTED
@@ -30,6 +31,11 @@ MAX_ENTRIES = Gauge(
     "cache_max_entries", "Capacity, summed over live processes", ["cache"],
     multiprocess_mode="livesum",
 )
+L2_OPEN = Gauge(
+    "cache_l2_open", "Live processes whose Redis breaker skips the second tier", ["cache"],
+    multiprocess_mode="livesum",
+)
+GAUGES = {"entries": ENTRIES, "max_entries": MAX_ENTRIES, "l2_open": L2_OPEN}
 
 _exported = {}  # (cache, field) -> the value at the last sync in this process
 _series = {}  # (cache, field) -> the labelled Counter or Gauge, created at the first sync
@@ -38,7 +44,7 @@ _lock = threading.Lock()
 
 def series(name, field):
     if (name, field) not in _series:
-        metric = COUNTERS.get(field) or {"entries": ENTRIES, "max_entries": MAX_ENTRIES}[field]
+        metric = COUNTERS.get(field) or GAUGES[field]
         _series[name, field] = metric.labels(name)
     return _series[name, field]
 
@@ -46,12 +52,15 @@ def series(name, field):
 def sync(**signal_kwargs):
     """Bring this process' Prometheus values up to its caches' counts (a signal receiver).
 
-    Only what changed since the last sync is written: it runs after every request.
+    Only what changed since the last sync is written: it runs after every request. The
+    second tier's figures (l2_*) exist for TieredCaches only.
     """
     with _lock:
         for described in registry.describe_all(all_processes=False):
             name = described["name"]
-            for field in (*COUNTED, "entries", "max_entries"):
+            for field in (*COUNTED, *GAUGED):
+                if field not in described:
+                    continue
                 value, previous = described[field], _exported.get((name, field))
                 if value == previous:
                     continue

@@ -6,8 +6,10 @@ caching.coherence) so the other processes drop their copies. A clear bumps the c
 generation in Redis, which is part of every Redis key: the older entries become
 unreachable at once, for every process, and expire on their own. Concurrent misses of a
 key compute once per process (single-flight) and once across processes (a Redis lock with a
-timeout). When Redis fails, the cache serves from memory alone and counts the errors; the
-resubscription after the outage drops the memory copies that may have gone stale.
+timeout). When a Redis call fails, the tier's breaker (caching.breaker) skips Redis for a
+short cool-down: the cache serves from memory alone, counts the errors and the skipped calls,
+and Redis forgets what this process wrote meanwhile before it is read again. The
+resubscription after an outage drops the memory copies that may have gone stale.
 
 Settings: OPTIONS["L2_URL"] (redis://...), plus TTLLRUCache's.
 """
@@ -17,26 +19,37 @@ import logging
 import pickle
 import threading
 import time
+import uuid
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import redis
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.exceptions import ImproperlyConfigured
 
 from caching.backends import _MISSING, TTLLRUCache, _clock
+from caching.breaker import EVERYTHING
 from caching.coherence import listener_for
 from caching.singleflight import KeyedLocks
 
 LOCK_SECONDS = 10  # longest a computation holds, and a waiter waits for, a key's Redis lock
 METRICS_STALE_SECONDS = 5  # a process that published nothing for this long is gone
 METRICS_KEY_SECONDS = 60
-REDIS_FAILED = object()  # what _l2 returns when Redis did not answer
+REDIS_FAILED = object()  # what _l2 returns when Redis did not answer or was skipped
 SUMMED = (
     "gets", "hits", "misses", "sets", "deletes", "evictions", "expirations", "entries",
-    "max_entries", "l2_hits", "l2_errors",
+    "max_entries", "l2_hits", "l2_errors", "l2_skipped", "l2_trips", "l2_open",
 )
 
 logger = logging.getLogger(__name__)
+
+
+class LeftLock(NamedTuple):
+    """A Redis lock whose acquire failed, which Redis may still have taken (a stalled server
+    runs what it had read once it resumes): released by the breaker's probe if it holds it."""
+
+    key: str
+    token: str
 
 
 class Tier:
@@ -52,7 +65,7 @@ class Tier:
         self.invalidations = 0  # bumped whenever memory copies are dropped or rewritten
         self.writing = set()  # keys this process is writing now: refills keep off them
         self.write_locks = KeyedLocks()
-        self.l2_hits = self.refills = self.l2_errors = 0
+        self.l2_hits = self.refills = self.l2_errors = self.l2_skipped = 0
 
     @property
     def generation_key(self):
@@ -103,6 +116,27 @@ class Tier:
         """After (re)subscribing or a clear elsewhere: start from Redis again."""
         self.start_generation(lambda: int(client.get(self.generation_key) or 0))
 
+    def forget(self, client, unsynced, publish):
+        """Make Redis forget what this process's writes left unsynced there (the breaker's
+        probe; `unsynced`: L1 keys and LeftLocks, or EVERYTHING): a new generation, or DEL of
+        each key; each change published through `publish(client, location, event)`, so the
+        other processes drop their copies. Raises when Redis fails."""
+        if unsynced is EVERYTHING:
+            self.start_generation(lambda: client.incr(self.generation_key))
+            publish(client, self.location, f"clear {self.generation}")
+            return
+        with client.pipeline(transaction=False) as pipe:
+            for item in unsynced:
+                if not isinstance(item, LeftLock):
+                    pipe.delete(self.l2_key(item))
+                    publish(pipe, self.location, f"key {item}")
+            pipe.execute()
+        for left in filter(lambda item: isinstance(item, LeftLock), unsynced):
+            try:
+                client.lock(left.key).do_release(left.token)
+            except redis.exceptions.LockNotOwnedError:
+                pass  # never taken, expired, or someone else's now
+
     def publish_metrics(self, client, token):
         figures = {"at": time.time(), **self.local_metrics()}
         with client.pipeline(transaction=False) as pipe:
@@ -114,6 +148,10 @@ class Tier:
         logger.warning("caching: Redis failed for %s (%s): memory only", self.location, error)
         with self.store.lock:
             self.l2_errors += 1
+
+    def count_skipped(self):
+        with self.store.lock:
+            self.l2_skipped += 1
 
 
 _tiers = {}
@@ -140,12 +178,28 @@ class TieredCache(TTLLRUCache):
         self._listener = listener
         self._redis = listener.client
         self._token = listener.token
+        self._breaker = listener.breaker
         with _tiers_lock:
             tier = _tiers.get((url, name))
             if tier is None:
                 tier = _tiers[url, name] = Tier(name, self._store, self.metrics)
         self._tier = tier
         listener.register(tier)
+
+    # --- the breaker -------------------------------------------------------------------
+
+    def _admitted(self, unsynced=None):
+        """True when this call may use Redis now; else it is counted as skipped, and what a
+        write skipped (`unsynced`: an L1 key, or EVERYTHING) is remembered for the probe."""
+        if self._breaker.admits(self._tier, unsynced):
+            return True
+        self._tier.count_skipped()
+        return False
+
+    def _failed(self, error, unsynced=None):
+        """A Redis call failed: counted, logged, and Redis skipped for the breaker's cool-down."""
+        self._tier.count_error(error)
+        self._breaker.failed(self._tier, error, unsynced)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -158,13 +212,15 @@ class TieredCache(TTLLRUCache):
     def _from_l2(self, l1_key, default):
         """The value Redis holds for `l1_key` (refilling memory with its TTL), or `default`."""
         tier = self._tier
+        if not self._admitted():
+            return default
         with self._store.lock:
             seen, l2_key = tier.invalidations, tier.l2_key(l1_key)
         try:
             with self._redis.pipeline(transaction=False) as pipe:
                 payload, ttl_ms = pipe.get(l2_key).pttl(l2_key).execute()
         except redis.RedisError as error:
-            tier.count_error(error)
+            self._failed(error)
             return default
         if payload is None or ttl_ms == -2:
             return default
@@ -212,16 +268,17 @@ class TieredCache(TTLLRUCache):
     def _computing(self, l1_key):
         """Hold `l1_key`'s Redis lock, yielding True; or go on without it, yielding False,
         when this thread holds it already (a default() asking for its own key), Redis
-        fails, or the holder keeps it beyond LOCK_SECONDS."""
+        fails or is skipped, or the holder keeps it beyond LOCK_SECONDS."""
         lock_key = self._tier.lock_key(l1_key)
-        if lock_key in _held.lock_keys:
+        if lock_key in _held.lock_keys or not self._admitted():
             yield False
             return
         lock = self._redis.lock(lock_key, timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS)
+        left = LeftLock(lock_key, uuid.uuid4().hex)  # what Redis may hold if a call fails
         try:
-            locked = lock.acquire()
+            locked = lock.acquire(token=left.token)
         except redis.RedisError as error:
-            self._tier.count_error(error)
+            self._failed(error, left)
             locked = False
         if not locked:
             yield False
@@ -231,10 +288,19 @@ class TieredCache(TTLLRUCache):
             yield True
         finally:
             _held.lock_keys.discard(lock_key)
-            try:
-                lock.release()
-            except redis.RedisError:
-                pass  # it expired while computing: the value is stored all the same
+            self._release(lock, left)
+
+    def _release(self, lock, left):
+        """Release a lock this thread took; one that Redis failed to release, or that the
+        breaker skipped, the probe releases (other processes would wait on it)."""
+        if not self._admitted(left):
+            return
+        try:
+            lock.release()
+        except redis.exceptions.LockNotOwnedError:
+            pass  # it expired while computing: the value is stored all the same
+        except redis.RedisError as error:
+            self._failed(error, left)
 
     # --- writing -----------------------------------------------------------------------
 
@@ -245,8 +311,12 @@ class TieredCache(TTLLRUCache):
         return None if timeout is None else int(timeout * 1000)
 
     def _l2(self, l1_key, commands, publish=True):
-        """Run `commands(pipe, l2_key)` in one round trip, publishing the change; the first
-        reply, or REDIS_FAILED (counted, logged: memory carries on alone)."""
+        """Run `commands(pipe, l2_key)` in one round trip, publishing the change (a write); the
+        first reply, or REDIS_FAILED when Redis failed or is skipped (counted: memory carries
+        on alone, and a write's key is remembered for the breaker's probe)."""
+        unsynced = l1_key if publish else None
+        if not self._admitted(unsynced):
+            return REDIS_FAILED
         try:
             with self._redis.pipeline(transaction=False) as pipe:
                 commands(pipe, self._tier.l2_key(l1_key))
@@ -254,7 +324,7 @@ class TieredCache(TTLLRUCache):
                     self._listener.publish(pipe, self.location, f"key {l1_key}")
                 return pipe.execute()[0]
         except redis.RedisError as error:
-            self._tier.count_error(error)
+            self._failed(error, unsynced)
             return REDIS_FAILED
 
     def _store_l2(self, pipe, l2_key, value, ttl_ms, **options):
@@ -320,13 +390,15 @@ class TieredCache(TTLLRUCache):
             return value
 
         with self._tier.write(l1_key):
+            if not self._admitted(l1_key):
+                return super().incr(key, delta, version=version)
             try:
                 value = self._redis.transaction(increment, l2_key, value_from_callable=True)
+                self._tier.changed_elsewhere(l1_key)  # the next read refills with the TTL kept
+                self._listener.publish(self._redis, self.location, f"key {l1_key}")
             except redis.RedisError as error:
-                self._tier.count_error(error)
+                self._failed(error, l1_key)
                 return super().incr(key, delta, version=version)
-            self._tier.changed_elsewhere(l1_key)  # the next read refills with the TTL kept
-            self._listener.publish(self._redis, self.location, f"key {l1_key}")
         return value
 
     def delete(self, key, version=None):
@@ -342,14 +414,16 @@ class TieredCache(TTLLRUCache):
         Redis fails."""
         tier = self._tier
         held = self.metrics_all_processes()["entries"]
+        if not self._admitted(EVERYTHING):
+            return super().clear_counting()
         try:
             tier.start_generation(lambda: self._redis.incr(tier.generation_key))
+            # the number is for people reading the channel: listeners ask Redis for it
+            self._listener.publish(self._redis, self.location, f"clear {tier.generation}")
         except redis.RedisError as error:
-            tier.count_error(error)
+            self._failed(error, EVERYTHING)
             return super().clear_counting()
         super().clear_counting()  # stamps the time of the clear
-        # the number is for people reading the channel: listeners ask Redis for it
-        self._listener.publish(self._redis, self.location, f"clear {tier.generation}")
         return held
 
     # --- metrics -----------------------------------------------------------------------
@@ -358,28 +432,35 @@ class TieredCache(TTLLRUCache):
         """This process's figures; a hit in Redis counts as a hit, its refill not as a set."""
         tier = self._tier
         with self._store.lock:  # read before the L1 figures: each L2 hit follows an L1 miss
-            l2_hits, refills, l2_errors = tier.l2_hits, tier.refills, tier.l2_errors
+            l2_hits, refills = tier.l2_hits, tier.refills
+            l2_errors, l2_skipped = tier.l2_errors, tier.l2_skipped
         figures = super().metrics()
         hits, misses = figures["hits"] + l2_hits, figures["misses"] - l2_hits
+        breaker = self._breaker.state
         return {
             **figures,
-            "tier": "memory + Redis",
+            "tier": "memory + Redis" if breaker == "closed" else "memory (Redis skipped)",
             "hits": hits,
             "misses": misses,
             "hit_ratio": hits / (hits + misses) if hits + misses else 0.0,
             "sets": figures["sets"] - refills,
             "l2_hits": l2_hits,
             "l2_errors": l2_errors,
+            "l2_skipped": l2_skipped,
+            "l2_breaker": breaker,
+            "l2_trips": self._breaker.trips,
+            "l2_open": int(breaker != "closed"),
         }
 
     def metrics_all_processes(self):
         """The figures summed over every live process (those that published recently)."""
         own = self.metrics()
-        try:
-            published = self._redis.hgetall(self._tier.metrics_key)
-        except redis.RedisError as error:
-            self._tier.count_error(error)
-            published = {}
+        published = {}
+        if self._breaker.admits(self._tier):  # the admin's reads are not counted as skipped
+            try:
+                published = self._redis.hgetall(self._tier.metrics_key)
+            except redis.RedisError as error:
+                self._failed(error)
         now = time.time()
         others, gone = [], []
         for field, value in published.items():
@@ -394,14 +475,15 @@ class TieredCache(TTLLRUCache):
             try:
                 self._redis.hdel(self._tier.metrics_key, *gone)
             except redis.RedisError as error:
-                self._tier.count_error(error)
-        summed = {name: own[name] + sum(other[name] for other in others) for name in SUMMED}
+                self._failed(error)
+        summed = {name: own[name] + sum(other.get(name, 0) for other in others) for name in SUMMED}
         gets = summed["hits"] + summed["misses"]
         clears = [f["last_clear"] for f in [own, *others] if f["last_clear"] is not None]
+        skipping = f"; Redis skipped in {summed['l2_open']}" if summed["l2_open"] else ""
         return {
             **own,
             **summed,
-            "tier": f"memory + Redis ({len(others) + 1} processes)",
+            "tier": f"memory + Redis ({len(others) + 1} processes{skipping})",
             "hit_ratio": summed["hits"] / gets if gets else 0.0,
             "last_clear": max(clears, default=None),
         }

@@ -55,8 +55,8 @@ def configured_database(config):
     return database_settings(
         config.database("DATABASE_URL", "postgres://localhost/pganalytics"),
         pool=config.boolean("DATABASE_POOL", True),
-        max_conns=config.integer("MAX_DATABASE_CONNS", 50, minimum=1),
-        min_conns=config.integer("MAX_IDLE_DATABASE_CONNS", 15),
+        max_conns=config.integer("MAX_DATABASE_CONNS", 8, minimum=1),
+        min_conns=config.integer("MAX_IDLE_DATABASE_CONNS", 1),
         max_idle_time=config.period("DATABASE_CONN_MAX_IDLE_TIME", "10m"),
         max_lifetime=config.period("DATABASE_CONN_MAX_LIFETIME", "1h"),
         connect_timeout=config.period("DATABASE_CONNECT_TIMEOUT", "3s"),

@@ -100,7 +100,7 @@ CACHES = named_caches(
 
 # Extra panels of the admin's cache dashboard: title -> a callable returning a flat dict.
 CACHE_DASHBOARD_PANELS = {
-    "Database pool": "pganalytics.db.pool_stats",
+    "Database pool": "pganalytics.pool_metrics.summed",
     "ML client": "pganalytics.analytics.latency_predictions.client_stats",
 }
 # Who may read /metrics: these addresses, or anyone with `Authorization: Bearer METRICS_TOKEN`.
@@ -110,6 +110,8 @@ METRICS_TOKEN = config.text("METRICS_TOKEN", "")
 # --- ML service client (mlclient) -------------------------------------------------------
 ML_SERVICE_URL = config.url("ML_SERVICE_URL", "http://127.0.0.1:8081", schemes=("http", "https"))
 ML_SERVICE_TIMEOUT = config.period("ML_SERVICE_TIMEOUT", "5s")
+# gunicorn workers of `manage.py mlservice` (and the start-up check's count of its connections)
+ML_SERVICE_WORKERS = config.integer("ML_SERVICE_WORKERS", 2)
 MAX_HTTP_CONNS = config.integer("MAX_HTTP_CONNS", 10, minimum=1)
 MAX_HTTP_CONNS_PER_HOST = config.integer("MAX_HTTP_CONNS_PER_HOST", 5, minimum=1)
 RETRY_MAX_ATTEMPTS = config.integer("RETRY_MAX_ATTEMPTS", 3)

@@ -91,7 +91,7 @@ def test_pool_stats_of_the_live_default_connection(db):
         cursor.execute("SELECT 1")
     stats = pool_stats()
     assert stats["pooled"] is True
-    assert stats["max_size"] == 50 and stats["min_size"] == 15
+    assert stats["max_size"] == 8 and stats["min_size"] == 1  # the defaults
     assert stats["size"] >= 1
     assert stats["requests"] >= 1
     assert set(stats) >= {"size", "available", "waiting", "requests", "errors"}

@@ -1,6 +1,7 @@
 """/metrics: Django's and the caches' metrics, who may read them, and several processes."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,29 @@ def test_several_processes_are_summed_in_multiprocess_mode(tmp_path):
     found = samples(run_python(SCRAPER, environment))
     assert found["cache_hits_total", "features"] == 8  # counters outlive their process
     assert found["cache_entries", "features"] == 5  # gauges count live processes only
+
+
+SKIPPING_REDIS = """
+import django
+django.setup()
+from django.core.cache import caches
+cache = caches["features"]
+cache.get("k")  # Redis refuses: the breaker opens
+cache.get("k")  # skipped
+from django.test import Client
+print(Client(HTTP_HOST="localhost").get("/metrics").content.decode())
+"""
+
+
+def test_the_redis_breaker_is_counted_per_cache(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nobody = probe.getsockname()[1]
+    environment = {
+        **os.environ, "DJANGO_SETTINGS_MODULE": "pganalytics.settings",
+        "CACHE_L2_URL": f"redis://127.0.0.1:{nobody}/0",  # nobody listens there
+    }
+    found = samples(run_python(SKIPPING_REDIS, environment))
+    assert found["cache_l2_open", "features"] == 1
+    assert found["cache_l2_errors_total", "features"] >= 1
+    assert found["cache_l2_skipped_total", "features"] >= 1

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import random
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ import pytest
 import redis
 from django.core.exceptions import ImproperlyConfigured
 
+from caching.coherence import REDIS_TIMEOUT_SECONDS
 from caching.tiered import TieredCache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +28,7 @@ CHILD = """
 import json, os, sys, time
 import django
 django.setup()
+from caching.coherence import REDIS_TIMEOUT_SECONDS
 from caching.tiered import TieredCache
 cache = TieredCache(sys.argv[1], {"TIMEOUT": 300, "OPTIONS": {"L2_URL": sys.argv[2]}})
 print(json.dumps("ready"), flush=True)
@@ -434,6 +437,89 @@ def test_a_redis_that_stops_answering_costs_a_call_little(location, redis_server
     assert prompt(lambda: cache.get("absent")) is None
     prompt(lambda: cache.set("k", "w"))
     assert prompt(lambda: cache.get("k")) == "w"
+
+
+def test_a_redis_paused_under_load_costs_a_call_one_timeout_at_most(location, redis_server):
+    cache = make(location, url=redis_server.url)
+    stop, calls, failures = threading.Event(), [], []
+
+    def load(seed):
+        """get_or_set, set and delete of 200 keys, each call timed: (start, seconds)."""
+        rng = random.Random(seed)
+        while not stop.is_set():
+            key = f"k{rng.randrange(200)}"
+            started = time.monotonic()
+            try:
+                draw = rng.random()
+                if draw < 0.7:
+                    assert cache.get_or_set(key, key.upper) == key.upper()
+                elif draw < 0.9:
+                    cache.set(key, key.upper())
+                else:
+                    cache.delete(key)
+            except Exception as error:  # noqa: BLE001 - reported by the assertion below
+                failures.append(error)
+            calls.append((started, time.monotonic() - started))
+
+    threads = [threading.Thread(target=load, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)
+    redis_server.process.send_signal(signal.SIGSTOP)
+    paused_at = time.monotonic()
+    time.sleep(3)
+    assert cache.metrics()["l2_breaker"] == "open" and cache.metrics()["l2_skipped"] > 0
+    redis_server.process.send_signal(signal.SIGCONT)
+    resumed_at = time.monotonic()
+    eventually(lambda: cache.metrics()["l2_breaker"] == "closed", seconds=15)
+    time.sleep(0.5)
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    answered_while_paused = [s for started, s in calls if paused_at <= started < resumed_at]
+    assert len(answered_while_paused) > 100  # from memory, not frozen
+    assert max(seconds for _, seconds in calls) < 3 * REDIS_TIMEOUT_SECONDS
+    # A thread waits out one timeout when the pause catches it in a call; then calls skip Redis
+    # (without the breaker each call would wait, and get_or_set several times).
+    waited = [s for _, s in calls if s >= 0.8 * REDIS_TIMEOUT_SECONDS]
+    assert 1 <= len(waited) <= 2 * len(threads)
+    assert cache.metrics()["l2_trips"] == 1
+
+    cache.set("after", 1)  # Redis is used again
+    cache._store.remove_all()
+    hits = cache.metrics()["l2_hits"]
+    assert cache.get("after") == 1 and cache.metrics()["l2_hits"] == hits + 1
+
+
+def test_what_a_paused_redis_skipped_is_forgotten_there_before_it_is_read_again(
+    location, redis_server, child_of
+):
+    cache = make(location, url=redis_server.url)
+    other = make(f"{location}-other", url=redis_server.url)  # another cache on that Redis
+    child = child_of(location, redis_server.url)
+    cache.set("k", "old")
+    cache.set("gone", "old")
+    other.set("c", "old")
+    assert child("get", "k") == "old"  # the other process holds a copy
+    redis_server.process.send_signal(signal.SIGSTOP)
+    cache.set("k", "mid")  # times out; Redis may still apply it when it resumes
+    cache.set("k", "new")  # skipped: memory only
+    cache.delete("gone")  # skipped
+    other.clear()  # skipped
+    assert other.metrics()["l2_breaker"] == "open" and cache.metrics()["l2_skipped"] == 2
+    redis_server.process.send_signal(signal.SIGCONT)
+    eventually(lambda: cache.metrics()["l2_breaker"] == "closed", seconds=15)
+
+    # "new" from memory, or nothing when the listener's own connection timed out in the pause
+    # and it resynced by dropping memory: never "mid" or "old"
+    assert cache.get("k") in ("new", None)
+    for tiered in (cache, other):
+        tiered._store.remove_all()  # as if evicted: the next reads ask Redis
+    # never a value older than this process's own last write ("mid", "old")
+    assert cache.get("k") is None and cache.get("gone") is None and other.get("c") is None
+    eventually(lambda: child("get", "k") is None and child("get", "gone") is None)
 
 
 def test_a_tiered_cache_needs_its_url():

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from mlservice.management.commands.mlservice_runner import stop_on_sigterm, stopping
@@ -28,7 +29,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--bind", default="127.0.0.1:8081", help="host:port to serve on")
-        parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+        parser.add_argument(
+            "--workers", type=int, default=getattr(settings, "ML_SERVICE_WORKERS", 2),
+            help="gunicorn worker processes (default: ML_SERVICE_WORKERS)",
+        )
 
     def handle(self, *args, bind, workers, **options):
         if workers < 1:
