@@ -6,4 +6,4 @@ class PganalyticsConfig(AppConfig):
     verbose_name = "PostgreSQL analytics"
 
     def ready(self):
-        from pganalytics import signals  # noqa: F401 - connects the receivers
+        from pganalytics import cached_users, signals  # noqa: F401 - connects the receivers
