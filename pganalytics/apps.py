@@ -1,4 +1,4 @@
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 
 
 class PganalyticsConfig(AppConfig):
@@ -6,4 +6,7 @@ class PganalyticsConfig(AppConfig):
     verbose_name = "PostgreSQL analytics"
 
     def ready(self):
-        from pganalytics import cached_users, signals  # noqa: F401 - connects the receivers
+        from pganalytics import signals  # noqa: F401 - connects the receivers
+
+        if apps.is_installed("django.contrib.auth"):  # not in the ML service (mlservice.settings)
+            from pganalytics import cached_users  # noqa: F401 - connects the receivers
