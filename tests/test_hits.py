@@ -19,7 +19,6 @@ from pganalytics.models import MonitoredDatabase, Query
 from tests.conftest import child_environment
 from tests.test_tiered import RedisServer, eventually
 
-LOOKUP = "SELECT count(*) FROM items WHERE id = %s"
 pytestmark = pytest.mark.django_db(transaction=True)  # changes move tokens once they commit
 
 
@@ -47,15 +46,6 @@ def tier(settings, redis_url):
 
 
 @pytest.fixture
-def collected(target, monitored):
-    collect(monitored)
-    for number in range(10):
-        target.execute(LOOKUP, [number])
-    collect(monitored)
-    return monitored
-
-
-@pytest.fixture
 def analyst(client, make_viewer):
     user = make_viewer("analyst")
     client.force_login(user)
@@ -73,23 +63,23 @@ def cache_state(client, url):
 
 
 def test_a_hit_costs_no_database_query_with_the_tier(
-    tier, client, analyst, collected, django_assert_num_queries
+    tier, client, analyst, two_snapshots, django_assert_num_queries
 ):
-    fingerprint = Query.objects.get(database=collected, text__startswith="SELECT count").fingerprint
-    for url in [top_url(collected), f"{top_url(collected)}{fingerprint}/?window=7d"]:
+    query = Query.objects.get(database=two_snapshots, text__startswith="SELECT count")
+    for url in [top_url(two_snapshots), f"{top_url(two_snapshots)}{query.fingerprint}/?window=7d"]:
         assert cache_state(client, url) == "miss"
         with django_assert_num_queries(0):
             assert cache_state(client, url) == "hit"
 
 
 def test_without_the_tier_a_hit_reads_session_user_and_version_from_the_database(
-    client, analyst, collected, django_assert_max_num_queries
+    client, analyst, two_snapshots, django_assert_max_num_queries
 ):
     """Per-process copies would let another worker serve what a change made stale."""
     assert not registry.shared("versions") and django_settings.SESSION_ENGINE.endswith(".db")
-    cache_state(client, top_url(collected))
+    cache_state(client, top_url(two_snapshots))
     with django_assert_max_num_queries(10) as queries:
-        assert cache_state(client, top_url(collected)) == "hit"
+        assert cache_state(client, top_url(two_snapshots)) == "hit"
     read = " ".join(query["sql"] for query in queries.captured_queries)
     assert "django_session" in read and "auth_user" in read and "pganalytics_snapshot" in read
 
@@ -111,7 +101,7 @@ def compact_after_retention(database):
 
 
 CHANGES = {
-    "a snapshot collected": lambda database: collect(database),
+    "a snapshot two_snapshots": lambda database: collect(database),
     "a collection failed": fail_collection,
     "the database edited": rename,
     "a snapshot deleted": lambda database: database.snapshots.order_by("taken_at")[0].delete(),
@@ -120,31 +110,31 @@ CHANGES = {
 
 
 @pytest.mark.parametrize("change", CHANGES)
-def test_every_change_moves_the_data_version(tier, client, analyst, collected, change):
-    url = top_url(collected)
+def test_every_change_moves_the_data_version(tier, client, analyst, two_snapshots, change):
+    url = top_url(two_snapshots)
     cache_state(client, url)
     assert cache_state(client, url) == "hit"
     assert cache_state(client, "/api/v1/anomalies/") == "miss"
-    CHANGES[change](collected)
+    CHANGES[change](two_snapshots)
     assert cache_state(client, url) == "miss"
     assert cache_state(client, "/api/v1/anomalies/") == "miss"  # the list of all moved too
     assert cache_state(client, url) == "hit"
 
 
-def test_a_deleted_database_moves_the_version_of_all(tier, client, analyst, collected):
+def test_a_deleted_database_moves_the_version_of_all(tier, client, analyst, two_snapshots):
     cache_state(client, "/api/v1/anomalies/")
     assert cache_state(client, "/api/v1/anomalies/") == "hit"
-    collected.delete()
+    two_snapshots.delete()
     assert cache_state(client, "/api/v1/anomalies/") == "miss"
-    assert client.get(top_url(collected)).status_code == 404
+    assert client.get(top_url(two_snapshots)).status_code == 404
 
 
-def test_a_collection_in_another_process_reaches_this_one(tier, client, analyst, collected):
-    url = top_url(collected)
+def test_a_collection_in_another_process_reaches_this_one(tier, client, analyst, two_snapshots):
+    url = top_url(two_snapshots)
     cache_state(client, url)
     assert cache_state(client, url) == "hit"
     subprocess.run(
-        [sys.executable, "manage.py", "collect", "--database", collected.name],
+        [sys.executable, "manage.py", "collect", "--database", two_snapshots.name],
         env={**child_environment(), "CACHE_L2_URL": tier}, check=True, timeout=120,
         capture_output=True,
     )
@@ -173,8 +163,10 @@ REVOCATIONS = {
 
 
 @pytest.mark.parametrize("revocation", REVOCATIONS)
-def test_a_permission_removed_takes_effect_at_once(tier, client, analyst, collected, revocation):
-    url = top_url(collected)
+def test_a_permission_removed_takes_effect_at_once(
+    tier, client, analyst, two_snapshots, revocation
+):
+    url = top_url(two_snapshots)
     cache_state(client, url)
     assert cache_state(client, url) == "hit"
     REVOCATIONS[revocation](analyst)
@@ -193,23 +185,23 @@ def deactivate(user):
 
 @pytest.mark.parametrize("change", [change_password, deactivate])
 def test_a_password_change_or_deactivation_logs_the_user_out(
-    tier, client, analyst, collected, change
+    tier, client, analyst, two_snapshots, change
 ):
-    cache_state(client, top_url(collected))
+    cache_state(client, top_url(two_snapshots))
     change(analyst)
-    assert client.get(top_url(collected)).status_code == 401
+    assert client.get(top_url(two_snapshots)).status_code == 401
 
 
-def test_a_logout_ends_the_session_in_every_process(tier, client, analyst, collected):
-    cache_state(client, top_url(collected))
+def test_a_logout_ends_the_session_in_every_process(tier, client, analyst, two_snapshots):
+    cache_state(client, top_url(two_snapshots))
     cookie = client.cookies[django_settings.SESSION_COOKIE_NAME].value
     client.post("/logout/")
     client.cookies[django_settings.SESSION_COOKIE_NAME] = cookie  # the old cookie, replayed
-    assert client.get(top_url(collected)).status_code == 401
+    assert client.get(top_url(two_snapshots)).status_code == 401
 
 
-def test_a_cache_that_lost_them_falls_back_to_the_database(tier, client, analyst, collected):
-    url = top_url(collected)
+def test_a_cache_that_lost_them_falls_back_to_the_database(tier, client, analyst, two_snapshots):
+    url = top_url(two_snapshots)
     cache_state(client, url)
     assert cache_state(client, url) == "hit"
     for name in ("sessions", "users"):

@@ -8,21 +8,10 @@ import sys
 
 import pytest
 
-from pganalytics.analytics.collector import collect
 from tests.conftest import child_environment
 from tests.test_workers import ROOT
 
-LOOKUP = "SELECT count(*) FROM items WHERE id = %s"
 SMALL = ["--concurrency=3", "--requests=15", "--workers=2", "--json"]
-
-
-@pytest.fixture
-def collected(target, monitored):
-    collect(monitored)
-    for number in range(10):
-        target.execute(LOOKUP, [number])
-    collect(monitored)
-    return monitored
 
 
 def loadtest(*arguments):
@@ -35,8 +24,10 @@ def loadtest(*arguments):
 
 
 @pytest.mark.django_db(transaction=True)  # the served workers read what the test committed
-def test_loadtest_serves_caches_compares_and_reports(collected):
-    figures = loadtest("--serve", "--compare", "--ceiling", "--database", collected.name, *SMALL)
+def test_loadtest_serves_caches_compares_and_reports(two_snapshots):
+    figures = loadtest(
+        "--serve", "--compare", "--ceiling", "--database", two_snapshots.name, *SMALL
+    )
 
     for key in ("hit_ratio", "errors", "cached_vs_uncached", "cached_vs_ceiling", "p99_ms"):
         assert figures[key] is not None, key
@@ -50,7 +41,7 @@ def test_loadtest_serves_caches_compares_and_reports(collected):
     assert (uncached["hits"], uncached["misses"]) == (0, 45)  # caching off: never a hit
     assert figures["ceiling"]["hit_ratio"] is None  # /healthz is not cached
     assert figures["cached_vs_uncached"] == cached["requests_per_s"] / uncached["requests_per_s"]
-    assert figures["keys"] == 12 + collected.queries.count()  # top queries + query pages
+    assert figures["keys"] == 12 + two_snapshots.queries.count()  # top queries + query pages
 
 
 @pytest.mark.django_db(transaction=True)
