@@ -17,7 +17,6 @@ from django.core.cache import caches
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
-from caching.registry import shared
 from caching.tokens import VersionTokens
 
 ALIAS = "users"
@@ -35,7 +34,7 @@ class CachedModelBackend(ModelBackend):
     the permissions ModelBackend caches on the user object filled in."""
 
     def get_user(self, user_id):
-        if not shared(ALIAS):
+        if not tokens.shared:
             return super().get_user(user_id)
         version = f"{tokens.current(EVERYONE)}.{tokens.current(user_token(user_id))}"
         cache = caches[ALIAS]

@@ -15,7 +15,6 @@ with the same CACHE_L2_URL as the web workers.
 from django.db.models import Count, Max
 from django.db.models.functions import Now
 
-from caching.registry import shared
 from caching.tokens import VersionTokens
 from pganalytics.models import MonitoredDatabase, Snapshot
 
@@ -30,7 +29,7 @@ def token_name(database_id):
 
 def data_version(database_id=None):
     """The version of the answers about one database, or (None) about all of them."""
-    if shared(ALIAS):
+    if tokens.shared:
         return tokens.current(token_name(database_id))
     return stored_version(database_id)
 
