@@ -94,7 +94,7 @@ CACHES = named_caches(
         # Used with the Redis tier only (see below): no TTL to tune, every change moves them.
         "sessions": SESSION_COOKIE_AGE,  # each session is kept as long as it lasts
         "users": USERS_CACHE_TTL,
-        "versions": None,  # data versions: replaced, never expired (pganalytics.analytics)
+        "versions": None,  # replaced by every change, never expired (data_version.py)
     },
     max_entries=CACHE_MAX_SIZE,
     enabled=CACHE_ENABLED,
