@@ -3,6 +3,8 @@
 from django.conf import settings
 from django.core.cache import caches
 
+from caching.tiered import TieredCache
+
 PASS_THROUGH_METRICS = {
     "enabled": False,
     "tier": "pass-through (caching disabled)",
@@ -35,6 +37,12 @@ def _cache(name):
     if name not in settings.CACHES:
         raise UnknownCache(name)
     return caches[name]
+
+
+def shared(name):
+    """Whether cache `name` is one store for every process (the Redis tier): a change made
+    through it in one process reaches all, so what must never be stale may be kept in it."""
+    return isinstance(_cache(name), TieredCache)
 
 
 def describe(name, all_processes=True):

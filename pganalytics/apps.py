@@ -17,3 +17,5 @@ class PganalyticsConfig(AppConfig):
             request_finished.connect(
                 pool_metrics.sync, dispatch_uid="pganalytics.pool_metrics.sync"
             )
+        if apps.is_installed("django.contrib.auth"):  # not in the ML service (mlservice.settings)
+            from pganalytics import cached_users  # noqa: F401 - connects the receivers

@@ -2,10 +2,10 @@
 
 The key holds the view, its validated arguments (the URL's, and the query parameters the
 view reads, as parsed: `?window=1d` and `?window=24h` share an entry, unknown parameters add
-none), the user and their permissions, and the data version (the newest snapshot id the
-answer depends on): a new snapshot changes the version, so answers computed before it are
-never served again, in any process, without knowing their keys. Responses say `X-Cache:
-hit|miss` and are private to the user. A view marks an answer not worth keeping (one that
+none), the user and their permissions, and the data version of what the answer depends on
+(pganalytics.analytics.data_version): a new snapshot changes the version, so answers
+computed before it are never served again, in any process, without knowing their keys.
+Responses say `X-Cache: hit|miss` and are private to the user. A view marks an answer not worth keeping (one that
 holds a transient failure) with `no-store`.
 """
 

@@ -77,6 +77,8 @@ DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- caches (caching/config.py) ---------------------------------------------------------
+SESSION_COOKIE_AGE = 14 * 24 * 3600  # Django's default, named: the sessions cache's TTL
+USERS_CACHE_TTL = 15 * 60  # a bound only: every change to a user or permission moves them
 CACHE_ENABLED = config.boolean("CACHE_ENABLED", True)
 CACHE_MAX_SIZE = config.integer("CACHE_MAX_SIZE", 10000, minimum=1)
 CACHE_L2_URL = config.url("CACHE_L2_URL", "", schemes=("redis", "rediss", "unix"))
@@ -89,6 +91,10 @@ CACHES = named_caches(
         "anomalies": config.cache_timeout("ANOMALY_CACHE_TTL", "5m"),
         "responses": config.cache_timeout("QUERY_RESULTS_CACHE_TTL", "10m"),
         "advisor": config.cache_timeout("ADVISOR_CACHE_TTL", "30m"),
+        # Used with the Redis tier only (see below): no TTL to tune, every change moves them.
+        "sessions": SESSION_COOKIE_AGE,  # each session is kept as long as it lasts
+        "users": USERS_CACHE_TTL,
+        "versions": None,  # replaced by every change, never expired (data_version.py)
     },
     max_entries=CACHE_MAX_SIZE,
     enabled=CACHE_ENABLED,
@@ -97,6 +103,19 @@ CACHES = named_caches(
     # their fields bumps this, so a deploy never reads what older code left in Redis.
     key_prefix="pganalytics.3",
 )
+
+# With the Redis tier, a cached answer costs no database round trip: sessions (cached_db),
+# the user and their permissions (pganalytics/cached_users.py) and the data version
+# (pganalytics/analytics/data_version.py) are read from caches every process shares. Without
+# it they are read from the database: a logout, a permission removed or a new snapshot in one
+# process would not reach the copies of the others.
+SESSION_ENGINE = (
+    "django.contrib.sessions.backends.cached_db"
+    if CACHE_L2_URL
+    else "django.contrib.sessions.backends.db"
+)
+SESSION_CACHE_ALIAS = "sessions"
+AUTHENTICATION_BACKENDS = ["pganalytics.cached_users.CachedModelBackend"]
 
 # Extra panels of the admin's cache dashboard: title -> a callable returning a flat dict.
 CACHE_DASHBOARD_PANELS = {

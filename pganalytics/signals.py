@@ -1,10 +1,11 @@
 """Signals other parts of the project connect to, and the project's own receivers."""
 
 from django.db import connection
-from django.db.models.signals import post_delete, pre_delete
+from django.db.models.signals import post_delete, post_save, pre_delete
 from django.dispatch import Signal, receiver
 from django.utils import timezone
 
+from pganalytics.analytics.data_version import changed
 from pganalytics.models import DailyStat, HourlyStat, MonitoredDatabase, QueryStat, Snapshot
 
 # Sent with sender=Snapshot and snapshot=<the new Snapshot>, after its transaction commits.
@@ -33,3 +34,12 @@ def snapshot_deleted(sender, instance, **kwargs):
     """A deleted snapshot changes the answers about its database: stamp the database, whose
     last change is part of their cache version (services.data_version)."""
     MonitoredDatabase.objects.filter(pk=instance.database_id).update(updated_at=timezone.now())
+    changed(instance.database_id)
+
+
+@receiver(post_save, sender=MonitoredDatabase)
+@receiver(post_delete, sender=MonitoredDatabase)
+def database_changed(sender, instance, **kwargs):
+    """Added, edited (the admin), collected (a snapshot is stored with its database's save),
+    or deleted: the answers about it, and the list of all, change."""
+    changed(instance.pk)

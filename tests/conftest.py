@@ -11,6 +11,7 @@ from django.contrib.auth.models import Group, Permission, User
 from django.db import connection
 from psycopg import sql
 
+from pganalytics.analytics.collector import collect
 from pganalytics.models import MonitoredDatabase
 from pganalytics.targets import drop_database, ensure_database, local_dsn, reset_statements
 
@@ -82,6 +83,16 @@ def target(target_name):
 @pytest.fixture
 def monitored(db, target_name):
     return MonitoredDatabase.objects.create(name="target", dsn=local_dsn(target_name))
+
+
+@pytest.fixture
+def two_snapshots(target, monitored):
+    """`monitored` with two snapshots: one interval of a lookup run ten times."""
+    collect(monitored)
+    for number in range(10):
+        target.execute("SELECT count(*) FROM items WHERE id = %s", [number])
+    collect(monitored)
+    return monitored
 
 
 @pytest.fixture

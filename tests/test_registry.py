@@ -13,7 +13,7 @@ from caching.config import named_caches
 BENCH_REDIS = "redis://127.0.0.1:6379/15"  # scripts/ensure-redis brings it up
 NAMED = [
     "default", "features", "predictions", "fingerprints", "explain", "anomalies", "responses",
-    "advisor",
+    "advisor", "sessions", "users", "versions",
 ]
 
 

@@ -30,7 +30,7 @@ from django.utils import timezone
 from psycopg import sql
 
 from pganalytics import targets
-from pganalytics.analytics import advisor, explain, history
+from pganalytics.analytics import advisor, data_version, explain, history
 from pganalytics.dsn import scrub
 from pganalytics.fingerprint import Fingerprint, compute_fingerprint, fold_whitespace
 from pganalytics.formats import timestamp
@@ -510,6 +510,7 @@ def collect(database):
         MonitoredDatabase.objects.filter(pk=database.pk).update(
             last_error=database.last_error, updated_at=timezone.now()
         )
+        data_version.changed(database.pk)
         raise
     return store(database, reading, started)
 

@@ -25,6 +25,7 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from psycopg import sql
 
+from pganalytics.analytics.data_version import every_database_changed
 from pganalytics.models import DailyStat, HourlyStat, QueryStat, RollupState, Snapshot
 
 HOUR = timedelta(hours=1)
@@ -360,6 +361,8 @@ def _compact(now):
     done.dropped_hourly = drop_partitions_before(HourlyStat, hourly_cutoff)
     done.deleted_daily = delete_days_before(floor_day(now - settings.DAILY_RETENTION))
     done.deleted_snapshots = delete_snapshots_before(floor_day(min(raw_cutoff, hourly_cutoff)))
+    if done.dropped_raw or done.dropped_hourly or done.deleted_daily:
+        every_database_changed()  # a window reaching back that far now finds less
     return done
 
 

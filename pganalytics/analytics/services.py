@@ -1,9 +1,9 @@
 """The analytics the pages and the API show, each answer computed once and cached.
 
-Cached answers that depend on collected data carry the newest snapshot id of their database
-as the cache `version`: a new snapshot moves every dependent key (features, plans,
-anomalies, API responses) to a new version at once, in every process, while fingerprints,
-which depend only on the statement text, keep theirs.
+Cached answers that depend on collected data carry their database's data version
+(pganalytics.analytics.data_version) as the cache `version`: a new snapshot moves every
+dependent key (features, plans, anomalies, API responses) to a new version at once, in
+every process, while fingerprints, which depend only on the statement text, keep theirs.
 """
 
 import re
@@ -15,7 +15,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.cache import caches
 from django.db import connection
-from django.db.models import Count, Max, OuterRef, Subquery, Sum
+from django.db.models import Count, OuterRef, Subquery, Sum
 from django.http import Http404
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
@@ -28,6 +28,7 @@ from pganalytics.analytics import (
     history,
     latency_predictions,
 )
+from pganalytics.analytics.data_version import data_version
 from pganalytics.config import parse_period
 from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
 
@@ -46,20 +47,6 @@ FINGERPRINT_FORMAT = re.compile(r"[0-9a-f]{16}|x[0-9a-f]{15}")  # pglast's, or t
 
 class BadRequest(ValueError):
     """A query parameter the caller can fix; the message says which and why."""
-
-
-def data_version(database_id=None):
-    """What the answers about one database (or all) depend on, as a cache `version`: its
-    newest snapshot id, and the last change to the monitored databases themselves (a
-    rename, a failed collection's error, a deleted snapshot, one added or removed)."""
-    snapshots, monitored = Snapshot.objects.all(), MonitoredDatabase.objects.all()
-    if database_id is not None:
-        snapshots = snapshots.filter(database_id=database_id)
-        monitored = monitored.filter(pk=database_id)
-    newest = snapshots.aggregate(newest=Max("id"))["newest"] or 0
-    changed = monitored.aggregate(changed=Max("updated_at"), count=Count("id"))
-    stamp = changed["changed"].timestamp() if changed["changed"] else 0
-    return f"{newest}.{stamp}.{changed['count']}"
 
 
 def parse_window(text):

@@ -18,9 +18,6 @@ load during the run weighs on both sides alike:
 """
 
 import json
-import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,10 +36,10 @@ from tqdm import tqdm
 from mlclient import CircuitOpen, MLClient, ServiceUnavailable
 from mlclient.predictions import CachedPredictions
 from pganalytics.analytics.features import extract_features
+from pganalytics.local_servers import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[3]
 START_TIMEOUT = 60  # seconds for a started service to answer /health
-STOP_TIMEOUT = 40  # seconds for it to stop on SIGTERM before SIGKILL
 SLICES = 10  # interleaved slices of each pair of compared cases
 GOALS = {  # figure: (minimum or maximum, bound)
     "pooled_vs_new_connection": (">=", 1.5),
@@ -156,7 +153,7 @@ class Bench:
 
     def breaker_open_call_us(self):
         """Median µs of a predict while the breaker is open (opened by a refused connect)."""
-        client = MLClient(f"http://127.0.0.1:{closed_port()}", max_retries=0,
+        client = MLClient(f"http://127.0.0.1:{free_port()}", max_retries=0,
                           failure_threshold=1, reset_timeout=3600.0)
         try:
             client.predict("open", self.features)
@@ -185,13 +182,6 @@ def summary(durations):
         "p50_ms": statistics.median(ordered) * 1000,
         "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
     }
-
-
-def closed_port():
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def answers(url):
@@ -227,16 +217,6 @@ def running_service(url):
         yield True
     finally:
         stop(service)
-
-
-def stop(service):
-    if service.poll() is None:
-        os.killpg(service.pid, signal.SIGTERM)
-        try:
-            service.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(service.pid, signal.SIGKILL)
-            service.wait()
 
 
 def table(figures):
