@@ -4,8 +4,9 @@ The DB tuning layer measured: a gunicorn per mode of pganalytics.db_bench (a new
 per request, persistent connections, the pool, the pool keeping 15 open), on its own port with
 the same workers, serving a view that makes one query (`SELECT 1`) under the project's
 middleware; the same load of concurrent HTTP clients on each, rounds interleaved so the
-machine's drift spreads over all modes, one server at a time. Throughput, p50 and p99 side by side, and the
-connections each mode holds on the server afterwards (pg_stat_activity).
+machine's drift spreads over all modes, one server at a time (local_servers.gunicorn, the
+clients of load.Load). Throughput, p50 and p99 side by side, and the connections each mode
+holds on the server afterwards (pg_stat_activity).
 """
 
 import json
