@@ -1,11 +1,11 @@
-"""A load of concurrent clients on the app's cached API answers, measured from outside.
+"""A load of concurrent clients on the app, measured from outside (loadtest, bench_db).
 
-Keys are a monitored database's real URLs: its top queries in every window and order the
-pages offer, and every statement's query page. A share `hot` of the requests goes to a fifth
-of the keys (80/20 by default), as on a dashboard everyone opens. One login for all the
-clients: they share its session cookie. Each client is a thread with its own HTTP session
-sending its requests one after another; the figures come from every response: latency,
-status (anything but 200, or no answer, is an error) and the `X-Cache` header.
+For loadtest, keys are a monitored database's real URLs: its top queries in every window and
+order the pages offer, and every statement's query page. A share `hot` of the requests goes
+to a fifth of the keys (80/20 by default), as on a dashboard everyone opens. One login for
+all the clients: they share its session cookie. Each client is a thread with its own HTTP
+session sending its requests one after another; the figures come from every response:
+latency, status (anything but 200, or no answer, is an error) and the `X-Cache` header.
 """
 
 import random
@@ -93,20 +93,35 @@ class Figures:
     misses: int = 0
     error_samples: list = field(default_factory=list)
 
-    def summary(self):
+    def add(self, other):
+        """Adds another run's figures (bench_db's rounds of one mode)."""
+        self.seconds += other.seconds
+        self.latencies += other.latencies
+        self.errors += other.errors
+        self.hits += other.hits
+        self.misses += other.misses
+        self.error_samples = (self.error_samples + other.error_samples)[:5]
+
+    @property
+    def requests_per_s(self):
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def percentile_ms(self, share):
+        """Milliseconds under which `share` of the responses came; None if none came."""
         ordered = sorted(self.latencies)
+        if not ordered:
+            return None
+        return ordered[min(len(ordered) - 1, int(len(ordered) * share))] * 1000
+
+    def summary(self):
         answered = self.hits + self.misses
-
-        def percentile(share):
-            return ordered[min(len(ordered) - 1, int(len(ordered) * share))] * 1000
-
         return {
-            "requests": len(ordered),
+            "requests": len(self.latencies),
             "seconds": self.seconds,
-            "requests_per_s": len(ordered) / self.seconds if self.seconds else 0.0,
-            "p50_ms": statistics.median(ordered) * 1000,
-            "p95_ms": percentile(0.95),
-            "p99_ms": percentile(0.99),
+            "requests_per_s": self.requests_per_s,
+            "p50_ms": statistics.median(self.latencies) * 1000,
+            "p95_ms": self.percentile_ms(0.95),
+            "p99_ms": self.percentile_ms(0.99),
             "errors": self.errors,
             "hits": self.hits,
             "misses": self.misses,
@@ -116,13 +131,12 @@ class Figures:
 
 
 class Load:
-    """`concurrency` clients sending `requests` requests each to `url` + one of `keys`."""
+    """`concurrency` clients sending `requests` requests in all (as evenly as can be) to
+    `url` + one of `keys`."""
 
-    def __init__(self, url, keys, cookies, *, concurrency, requests_per_client, hot, seed=0):
+    def __init__(self, url, keys, cookies, *, concurrency, requests, hot, seed=0):
         self.url, self.keys, self.cookies = url, list(keys), cookies
-        self.concurrency, self.requests_per_client, self.hot = (
-            concurrency, requests_per_client, hot
-        )
+        self.concurrency, self.requests, self.hot = concurrency, requests, hot
         shuffled = random.Random(seed).sample(self.keys, len(self.keys))
         split = max(1, round(len(shuffled) * HOT_KEYS))
         self.hot_keys, self.cold_keys = shuffled[:split], shuffled[split:] or shuffled[:split]
@@ -130,7 +144,7 @@ class Load:
         self.lock = threading.Lock()
 
     def run(self, progress):
-        """Figures.summary() of the run; `progress` (tqdm) is updated per response."""
+        """The run's Figures; `progress` (tqdm) is updated per response."""
         figures = Figures()
         started = time.perf_counter()
         with ThreadPoolExecutor(self.concurrency) as pool:
@@ -141,13 +155,14 @@ class Load:
             for client in clients:
                 client.result()
         figures.seconds = time.perf_counter() - started
-        return figures.summary()
+        return figures
 
     def client(self, number, figures, progress):
         choose = random.Random(f"{self.seed}-{number}")
         with requests.Session() as session:
             session.cookies.update(self.cookies)
-            for _ in range(self.requests_per_client):
+            share = self.requests // self.concurrency + (number < self.requests % self.concurrency)
+            for _ in range(share):
                 keys = self.hot_keys if choose.random() < self.hot else self.cold_keys
                 self.one(session, self.url + choose.choice(keys), figures)
                 progress.update()

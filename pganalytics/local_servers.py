@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import redis
@@ -77,26 +77,32 @@ def own_redis():
 
 
 @contextmanager
-def gunicorn(workers, environment):
-    """Yields the base URL of the app served by gunicorn with `workers` sync workers, the
-    environment variables `environment` added to this process's; /healthz answers by then."""
+def gunicorn(workers, environment, app=None, ready_path="/healthz", log=None):
+    """Yields the base URL of gunicorn with `workers` sync workers serving `app` (a gunicorn
+    app spec; gunicorn.conf.py's by default), the environment variables `environment` added
+    to this process's; `ready_path` answers 200 by then. A metrics directory of its own and
+    no control socket, so that it leaves any other server alone; what it logs goes to `log`
+    (a file) when given."""
     url = f"http://127.0.0.1:{free_port()}"
-    with tempfile.TemporaryDirectory(prefix="pganalytics-serve-") as directory:
-        metrics, log_path = Path(directory, "metrics"), Path(directory, "gunicorn.log")
+    with tempfile.TemporaryDirectory(prefix="pganalytics-serve-") as directory, \
+            ExitStack() as files:
+        metrics = Path(directory, "metrics")
         metrics.mkdir()
+        if log is None:
+            log = files.enter_context(tempfile.TemporaryFile("w+"))
         env = {
             **os.environ, "DEBUG": "false", "PROMETHEUS_MULTIPROC_DIR": str(metrics),
             **environment,
         }
-        with log_path.open("w") as log:
-            process = subprocess.Popen(
-                [GUNICORN, "-c", "gunicorn.conf.py", "--workers", str(workers), "--bind", url[7:]],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        process = subprocess.Popen(
+            [GUNICORN, "-c", "gunicorn.conf.py", "--workers", str(workers), "--bind", url[7:],
+             "--no-control-socket", *([app] if app else [])],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
 
         def answers():
             try:
-                return requests.get(f"{url}/healthz", timeout=2).status_code == 200
+                return requests.get(f"{url}{ready_path}", timeout=2).status_code == 200
             except requests.RequestException:
                 return False
 
@@ -105,7 +111,8 @@ def gunicorn(workers, environment):
                 wait_until(answers, process, f"gunicorn on {url}")
             except CommandError as error:
                 stop(process)
-                raise CommandError(f"{error}: {log_path.read_text()[-2000:]}") from None
+                log.seek(0)
+                raise CommandError(f"{error}: {log.read()[-2000:]}") from None
             yield url
         finally:
             stop(process)

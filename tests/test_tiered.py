@@ -6,7 +6,6 @@ import pickle
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from caching.coherence import REDIS_TIMEOUT_SECONDS
 from caching.tiered import TieredCache
+from pganalytics.local_servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 L2_URL = "redis://127.0.0.1:6379/14"  # scripts/ensure-redis brings it up
@@ -316,12 +316,6 @@ def test_figures_of_exited_processes_are_dropped_from_redis(location, l2):
 
 
 # --- a Redis that goes away ----------------------------------------------------------------
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class RedisServer:

@@ -4,7 +4,6 @@ the start-up warning about connections (gunicorn.conf.py's hooks)."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,12 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from pganalytics import pool_metrics
+from pganalytics.local_servers import free_port
 from tests.conftest import child_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 MAX_ENTRIES = 10_000  # CACHE_MAX_SIZE below
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def until(condition, seconds=20.0):

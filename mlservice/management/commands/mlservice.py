@@ -30,7 +30,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--bind", default="127.0.0.1:8081", help="host:port to serve on")
         parser.add_argument(
-            "--workers", type=int, default=getattr(settings, "ML_SERVICE_WORKERS", 2),
+            "--workers", type=int, default=settings.ML_SERVICE_WORKERS,
             help="gunicorn worker processes (default: ML_SERVICE_WORKERS)",
         )
 

@@ -4,20 +4,23 @@ The DB tuning layer measured: a gunicorn per mode of pganalytics.db_bench (a new
 per request, persistent connections, the pool, the pool keeping 15 open), on its own port with
 the same workers, serving a view that makes one query (`SELECT 1`) under the project's
 middleware; the same load of concurrent HTTP clients on each, rounds interleaved so the
-machine's drift spreads over all modes, one server at a time. Throughput, p50 and p99 side by side, and the
-connections each mode holds on the server afterwards (pg_stat_activity).
+machine's drift spreads over all modes, one server at a time (local_servers.gunicorn, the
+clients of load.Load). Throughput, p50 and p99 side by side, and the connections each mode
+holds on the server afterwards (pg_stat_activity).
 """
 
 import json
 import os
+import tempfile
 
 import psycopg
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from tqdm import tqdm
 
-from pganalytics import http_load
 from pganalytics.db_bench import MODES, application_name
+from pganalytics.load import Figures, Load
+from pganalytics.local_servers import gunicorn
 
 PATH = "/one-query"
 REFERENCE = "new"
@@ -42,7 +45,7 @@ class Command(BaseCommand):
                             ("requests", requests), ("rounds", rounds)]:
             if value < 1:
                 raise CommandError(f"--{name} must be at least 1")
-        loads = {mode: http_load.Load() for mode in MODES}
+        loads = {mode: Figures() for mode in MODES}
         held = {}
         warm_up = 2 * concurrency
         total = rounds * len(MODES) * (warm_up + requests)
@@ -50,7 +53,7 @@ class Command(BaseCommand):
             for _ in range(rounds):  # interleaved: the machine's drift spreads over all modes
                 for mode in MODES:
                     load, held[mode] = self.measure(
-                        mode, workers, concurrency, warm_up, requests, bar.update
+                        mode, workers, concurrency, warm_up, requests, bar
                     )
                     loads[mode].add(load)
         report = self.report(loads, held, workers, concurrency)
@@ -64,30 +67,33 @@ class Command(BaseCommand):
         hold its connections while another mode is measured), warmed up, then `requests`;
         returns the load and the connections it held at the end."""
         run = os.getpid()
-        server = http_load.Gunicorn(f"pganalytics.db_bench:application({mode!r}, {run})", workers)
-        try:
-            server.wait_until_serving(PATH)
-            http_load.run(server.port, PATH, warm_up, concurrency, progress)
-            load = http_load.run(server.port, PATH, requests, concurrency, progress)
-            held = connections_held(application_name(mode, run))
-        finally:
-            log = server.stop()
-        if load.errors:
-            self.stderr.write(f"{mode}: {load.errors} errors; the server's log ends:\n{log[-1500:]}")
-        return load, held
+        app = f"pganalytics.db_bench:application({mode!r}, {run})"
+        with tempfile.TemporaryFile("w+") as log:
+            with gunicorn(workers, {}, app=app, ready_path=PATH, log=log) as url:
+                for count in (warm_up, requests):
+                    load = Load(url, [PATH], {}, concurrency=concurrency, requests=count, hot=0)
+                    figures = load.run(progress)
+                held = connections_held(application_name(mode, run))
+            if figures.errors:
+                log.seek(0)
+                self.stderr.write(
+                    f"{mode}: {figures.errors} errors; the server's log ends:\n"
+                    f"{log.read()[-1500:]}"
+                )
+        return figures, held
 
     def report(self, loads, held, workers, concurrency):
-        reference = loads[REFERENCE].requests_per_second
+        reference = loads[REFERENCE].requests_per_s
         rows = [
             {
                 "mode": mode,
                 "label": MODES[mode][0],
-                "requests": len(load.latencies),
+                "requests": len(load.latencies) - load.errors,
                 "errors": load.errors,
-                "requests_per_second": round(load.requests_per_second, 1),
-                "p50_ms": load.percentile_ms(0.50),
-                "p99_ms": load.percentile_ms(0.99),
-                "vs_new_connection": round(load.requests_per_second / reference, 2),
+                "requests_per_second": round(load.requests_per_s, 1),
+                "p50_ms": rounded(load.percentile_ms(0.50)),
+                "p99_ms": rounded(load.percentile_ms(0.99)),
+                "vs_new_connection": round(load.requests_per_s / reference, 2),
                 "connections_held": held[mode],
             }
             for mode, load in loads.items()
@@ -118,6 +124,10 @@ class Command(BaseCommand):
                 f"{row['errors']:>6} {row['connections_held']:>5}  "
                 f"{row['vs_new_connection']:.2f}x"
             )
+
+
+def rounded(value):
+    return None if value is None else round(value, 2)
 
 
 def milliseconds(value):

@@ -95,13 +95,13 @@ class Command(BaseCommand):
 
     def measure(self, name, url, keys, cookies):
         options = self.options
+        total = options["concurrency"] * options["requests"]
         load = Load(
             url, keys, cookies, concurrency=options["concurrency"],
-            requests_per_client=options["requests"], hot=options["hot"],
+            requests=total, hot=options["hot"],
         )
-        total = options["concurrency"] * options["requests"]
         with tqdm(total=total, desc=name, unit="req", disable=options["json"]) as progress:
-            return load.run(progress)
+            return load.run(progress).summary()
 
 
 def summary(runs, database, keys, workers, options):
