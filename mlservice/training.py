@@ -3,9 +3,11 @@
 Examples come from the raw intervals of every monitored database within the lookback: for each
 fingerprint (Query) and each interval with calls, the features of that interval
 (features.extract_features of the statement's text, the interval's statistics and the
-intervals with calls before it, as features.query_features gives them to a client; without a
-plan: historical plans are not kept, and today's would describe intervals it never ran in), and
-as target the fingerprint's mean latency in its next interval with calls.
+intervals with calls before it, and the plan features of the statement's newest PlanSample at
+or before it, none before its first: as features.query_features gives them to a client), and
+as target the fingerprint's mean latency in its next interval with calls. Plans are learnt
+only from those the app made (plan_history): a plan that changes while its latency does is
+what lets the model tell a plan under a suggested index from today's.
 
 Raw intervals, not the hourly rollups: the service predicts a statement's next collection
 interval from its current one, and an hour's mean is another, smoother quantity (whose
@@ -37,7 +39,8 @@ from pganalytics.analytics.features import (
     history_features,
     stats_features,
 )
-from pganalytics.models import Query
+from pganalytics.analytics.plan_history import PLAN_FIELDS
+from pganalytics.models import PlanSample, Query
 
 HELD_OUT = 0.2
 VALIDATION = 0.2
@@ -84,6 +87,20 @@ FROM pganalytics_querystat
 WHERE taken_at >= %s AND delta_calls > 0 AND delta_mean_exec_time > 0
 ORDER BY query_id, taken_at
 """
+# The plans those intervals may have had: each statement's since the start, and its newest
+# one before, by fingerprint then time; the figures in PLAN_FIELDS order.
+PLANS = f"""
+SELECT * FROM (
+    SELECT query_id, extract(epoch FROM taken_at)::float8 AS at, {", ".join(PLAN_FIELDS)}
+    FROM {PlanSample._meta.db_table} WHERE taken_at >= %(since)s
+    UNION ALL (
+    SELECT DISTINCT ON (query_id) query_id, extract(epoch FROM taken_at)::float8,
+           {", ".join(PLAN_FIELDS)}
+    FROM {PlanSample._meta.db_table} WHERE taken_at < %(since)s
+    ORDER BY query_id, taken_at DESC)
+) AS samples ORDER BY query_id, at
+"""
+PLAN_COLUMNS = [FEATURE_NAMES.index(name) for name in ("has_plan", *PLAN_FIELDS)]
 CHUNK = 10_000
 BASELINES = {"last_value": "last value", "median_8": f"median of last {RECENT}"}
 
@@ -143,22 +160,24 @@ def load_examples(since, progress=None):
         cursor.execute(INTERVALS, [since])
         chunks = [np.array(chunk, dtype=float) for chunk in iter(
             lambda: cursor.fetchmany(CHUNK), [])]
+        cursor.execute(PLANS, {"since": since})
+        samples = np.array(cursor.fetchall(), dtype=float).reshape(-1, 2 + len(PLAN_FIELDS))
     intervals = np.concatenate(chunks) if chunks else np.empty((0, 9))
     query_ids, times, means = intervals[:, 0], intervals[:, 1], intervals[:, 4]
     has_next = query_ids == np.append(query_ids[1:], np.nan)  # the next row is its own
     return Examples(
-        features=features_of(intervals[has_next], progress),
+        features=features_of(intervals[has_next], samples, progress),
         target_ms=np.roll(means, -1)[has_next],
         target_time=np.roll(times, -1)[has_next],
         median_8=tuple(column[has_next] for column in recent_spread(query_ids, means)),
     )
 
 
-def features_of(intervals, progress=None):
+def features_of(intervals, samples, progress=None):
     """The feature matrix of `intervals` (by statement, then time, each statement's from its
     first in the lookback): what extract_features(text, IntervalStats, history=the intervals up
     to this one) gives, each statement's text parsed once (a parse costs 0.2-0.4 ms, the rest
-    microseconds)."""
+    microseconds), with the plan features of `samples` (rows of PLANS) as plans_at reads them."""
     query_ids = intervals[:, 0].astype(int).tolist()
     texts = Query.objects.filter(pk__in=set(query_ids)).values_list("pk", "text")
     trees = {query_id: extract_features(text) for query_id, text in texts}
@@ -176,7 +195,25 @@ def features_of(intervals, progress=None):
         blocks.append(feature_matrix(rows, FEATURE_NAMES))
         if progress:
             progress("features", 0.1 + 0.3 * start / len(query_ids))
-    return np.concatenate(blocks)
+    matrix = np.concatenate(blocks)
+    matrix[:, PLAN_COLUMNS] = plans_at(intervals[:, 0], intervals[:, 1], samples)
+    return matrix
+
+
+def plans_at(query_ids, times, samples):
+    """has_plan and the PLAN_FIELDS of each (statement, time), both sorted by statement then
+    time: those of the statement's newest sample (rows of PLANS) at or before the time, zeros
+    where it has none."""
+    columns = np.zeros((len(query_ids), 1 + len(PLAN_FIELDS)))
+    owners = samples[:, 0]
+    for query_id in np.unique(owners):
+        first, last = np.searchsorted(query_ids, [query_id, query_id + 0.5])
+        own = samples[slice(*np.searchsorted(owners, [query_id, query_id + 0.5]))]
+        newest = np.searchsorted(own[:, 1], times[first:last], side="right") - 1
+        known = newest >= 0
+        columns[first:last][known] = np.column_stack(
+            [np.ones(known.sum()), own[newest[known], 2:]])
+    return columns
 
 
 def recent_spread(query_ids, means):

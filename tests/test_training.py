@@ -24,7 +24,7 @@ from pganalytics.analytics.features import (
     extract_features,
     query_features,
 )
-from pganalytics.models import MonitoredDatabase, QueryStat
+from pganalytics.models import MonitoredDatabase, PlanSample, Query, QueryStat
 
 LOOKUP = "SELECT name FROM customers WHERE id = $1"
 REPORT = "SELECT status, count(*) FROM orders GROUP BY status"
@@ -95,6 +95,11 @@ def test_an_example_is_the_vector_query_features_gives_at_its_interval(db):
     })
     stats = QueryStat.objects.filter(delta_calls__gt=0).select_related("query")
     newest = {stat.query_id: stat.taken_at for stat in stats.order_by("taken_at")}
+    lookup = Query.objects.get(text=LOOKUP)
+    for minutes, seq_scans, cost in ((-30, 0, 8.3), (4.5, 1, 1850.0), (9, 0, 8.4)):
+        PlanSample.objects.create(  # before the lookback, between intervals, at one's end
+            query=lookup, database_id=lookup.database_id, taken_at=start + minutes * MINUTE,
+            plan_seq_scans=seq_scans, plan_total_cost=cost, plan_rows=1.0)
 
     examples = load_examples(start)
 
@@ -107,6 +112,12 @@ def test_an_example_is_the_vector_query_features_gives_at_its_interval(db):
     assert np.allclose(sorted(examples.features.tolist()), expected)
     assert {row[FEATURE_NAMES.index("recent_intervals")] for row in expected} == set(
         map(float, range(1, 9)))
+    plans = [(row[FEATURE_NAMES.index("has_plan")], row[FEATURE_NAMES.index("plan_total_cost")])
+             for row in examples.features.tolist()]
+    # the lookup's 11 (minutes 1, 2, 4-7, 9-12, 14): 3 under the first plan, 3 under the
+    # second, 5 from the interval the third was made at the end of; the report's 5 had none
+    assert sorted(plans) == sorted(
+        [(0.0, 0.0)] * 5 + [(1.0, 8.3)] * 3 + [(1.0, 1850.0)] * 3 + [(1.0, 8.4)] * 5)
 
 
 def test_the_median_of_the_last_8_keeps_to_each_statement(db):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from django.core.cache import caches
 from pglast import parser
 
+from pganalytics.analytics import plan_history
 from pganalytics.analytics.explain import highest_parameter, parse_tree, summarize, tree_nodes
 from pganalytics.fingerprint import fingerprint
 from pganalytics.models import QueryStat
@@ -121,10 +122,16 @@ def extract_features(sql, stats=None, plan=None, history=()):
 def query_features(query, plan=None, until=None):
     """The vector the ML service was trained on, for `query` as of `until` (default: now):
     its text, its newest interval with calls (up to `until`), the intervals with calls before
-    that one (recent_history), and `plan` if given (training has none: plans of the past are
-    not kept). What a prediction panel sends, so that the model sees what it learnt from."""
+    that one (recent_history), and `plan` if given, else the plan features of its newest
+    PlanSample up to `until` (plan_history: training reads those). What a prediction panel
+    sends, so that the model sees what it learnt from."""
     history = recent_history(query, until)
-    return extract_features(query.text, history[-1] if history else None, plan, history)
+    features = extract_features(query.text, history[-1] if history else None, plan, history)
+    sample = None if plan else plan_history.newest_at(query, until)
+    if sample is not None:
+        features.update(has_plan=1.0, **{
+            name: getattr(sample, name) for name in plan_history.PLAN_FIELDS})
+    return features
 
 
 def recent_history(query, until=None):
@@ -264,13 +271,7 @@ def per_minute(stats):
 
 
 def plan_features(plan):
-    summary = summarize(plan)
-    return {
-        "has_plan": 1.0,
-        "plan_seq_scans": float(len(summary.seq_scans)),
-        "plan_total_cost": summary.total_cost,
-        "plan_rows": summary.estimated_rows,
-    }
+    return {"has_plan": 1.0, **plan_history.plan_figures(summarize(plan))}
 
 
 class CachedExtractor:
