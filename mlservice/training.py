@@ -177,7 +177,8 @@ def features_of(intervals, samples, progress=None):
     """The feature matrix of `intervals` (by statement, then time, each statement's from its
     first in the lookback): what extract_features(text, IntervalStats, history=the intervals up
     to this one) gives, each statement's text parsed once (a parse costs 0.2-0.4 ms, the rest
-    microseconds), with the plan features of `samples` (rows of PLANS) as plans_at reads them."""
+    microseconds), with the plan features of `samples` (rows of PLANS) as plans_at reads them,
+    and the plan's cost against that of the plan at the oldest interval of its history."""
     query_ids = intervals[:, 0].astype(int).tolist()
     texts = Query.objects.filter(pk__in=set(query_ids)).values_list("pk", "text")
     trees = {query_id: extract_features(text) for query_id, text in texts}
@@ -197,6 +198,12 @@ def features_of(intervals, samples, progress=None):
             progress("features", 0.1 + 0.3 * start / len(query_ids))
     matrix = np.concatenate(blocks)
     matrix[:, PLAN_COLUMNS] = plans_at(intervals[:, 0], intervals[:, 1], samples)
+    known, cost_before = plans_at(intervals[:, 0], intervals[starts, 1], samples)[:, [0, 2]].T
+    cost = matrix[:, FEATURE_NAMES.index("plan_total_cost")]
+    has_plan = matrix[:, PLAN_COLUMNS[0]] > 0
+    matrix[:, FEATURE_NAMES.index("plan_cost_change")] = np.where(  # as with_plan_change
+        has_plan & (known > 0) & (cost_before != 0), cost / np.where(cost_before, cost_before, 1),
+        1.0)
     return matrix
 
 

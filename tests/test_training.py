@@ -118,6 +118,10 @@ def test_an_example_is_the_vector_query_features_gives_at_its_interval(db):
     # second, 5 from the interval the third was made at the end of; the report's 5 had none
     assert sorted(plans) == sorted(
         [(0.0, 0.0)] * 5 + [(1.0, 8.3)] * 3 + [(1.0, 1850.0)] * 3 + [(1.0, 8.4)] * 5)
+    # against the plan at the oldest of its 8 intervals (minutes 1, 1, ... 1, 2, 4, 5)
+    changes = examples.features[:, FEATURE_NAMES.index("plan_cost_change")]
+    assert sorted(changes.tolist()) == pytest.approx(sorted(
+        [1.0] * 8 + [1850 / 8.3] * 3 + [8.4 / 8.3] * 4 + [8.4 / 1850]))
 
 
 def test_the_median_of_the_last_8_keeps_to_each_statement(db):

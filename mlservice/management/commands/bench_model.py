@@ -9,12 +9,16 @@ follows a daily cycle (each database's users in a time zone of their own), with 
 noise of its own per database; latency follows the load (contention), tables grow under the
 scans, each statement drifts slowly, checkpoints slow a whole database for an interval now and
 then, and `--regressions` statements lose an index for a while or for good (a step up in
-latency and block reads). Each interval's mean is that of its calls, each call's latency drawn
-around the statement's level.
+latency and block reads). Plans (PlanSample) come as page views would record them: now and then
+at a rate of each statement's own, and within minutes of each plan change, with the costs a
+real planner gives those shapes (PLANS: how they were measured). Each interval's mean is that
+of its calls, each call's latency drawn around the statement's level.
 
 Then train() as the service's jobs do, the held-out figures of the model and both baselines
-printed, and Predictor.predict timed for one row and for a batch of 500 (median of
-`--repeat` runs).
+printed, the predicted latency of the statements that lost their index with it back (their
+features with the plan under the index, as the advisor's what-if plan gives it) against their
+current one, beside the measured ratio, and Predictor.predict timed for one row and for a
+batch of 500 (median of `--repeat` runs).
 """
 
 import json
@@ -37,7 +41,12 @@ from mlservice.management.commands.train_model import metrics_table, progress_ba
 from mlservice.training import HELD_OUT, load_examples, train
 from pganalytics.analytics import history
 from pganalytics.analytics.collector import COUNTERS, Reading, copy_rows, store
-from pganalytics.analytics.features import FEATURE_NAMES, query_features
+from pganalytics.analytics.features import (
+    FEATURE_NAMES,
+    plan_cost_before,
+    query_features,
+    with_plan_change,
+)
 from pganalytics.management.commands.bench_history import scratch_app_database
 from pganalytics.analytics.plan_history import PLAN_FIELDS
 from pganalytics.models import MonitoredDatabase, PlanSample, Query, QueryStat, Snapshot
@@ -113,7 +122,7 @@ PLANS = (
 )
 LOOKUP_COST = 10  # a plan cheaper than this fetches a row by an index: its tables' size aside
 PLAN_VIEWS_PER_HOUR = (1 / 12, 1)  # how often a statement's page is planned, at random
-PLAN_LOOK_MINUTES = (1, 10)  # and how soon after its plan changes someone looks
+PLAN_LOOK_MINUTES = (0.5, 3)  # and how soon after its plan changes someone looks
 CHECKPOINT_SHARE = 0.01  # intervals in which a checkpoint slows a whole database
 BATCH = 500
 
@@ -151,6 +160,8 @@ class Command(BaseCommand):
             if outcome.predictor is None:
                 raise CommandError(outcome.reason)
             rows = feature_rows(load_examples(timezone.now() - timedelta(days=days)), BATCH)
+            effect = [ratio for workload in workloads
+                      for ratio in workload.plan_effect(outcome.predictor)]
         since = int(intervals * (1 - HELD_OUT))
         floor = mean_error(workload.noise(since) for workload in workloads)
         bound = mean_error(workload.current_level_error(since) for workload in workloads)
@@ -166,6 +177,10 @@ class Command(BaseCommand):
             "snapshots": intervals,
             "generated_seconds": round(generated, 1),
             "train_seconds": round(trained, 1),
+            "regressed_statements": len(effect),
+            "optimized_vs_current": float(np.mean([p for p, _ in effect])) if effect else None,
+            "measured_before_vs_regressed": (
+                float(np.mean([m for _, m in effect])) if effect else None),
             "predict_ms": median_ms(repeat, lambda: outcome.predictor.predict(rows[:1])),
             "batch500_ms": median_ms(repeat, lambda: outcome.predictor.predict(rows)),
         }
@@ -193,6 +208,15 @@ class Command(BaseCommand):
             f"{figures['noise_floor_vs_best_baseline']:.2f}×)"
         )
         self.stdout.write(reason)
+        if figures["regressed_statements"]:
+            self.stdout.write(
+                f"with the index back, {figures['regressed_statements']} statements that lost "
+                f"it, at their last interval without it: predicted "
+                f"{figures['optimized_vs_current']:.2f}× their current latency (the what-if "
+                f"plan's features against their plan's), measured "
+                f"{figures['measured_before_vs_regressed']:.2f}× (their hour before losing it "
+                "against their hour up to then)"
+            )
         goals = (figures["mae_vs_best_baseline"] <= 0.9, 0.75 <= figures["coverage_80"] <= 0.85)
         self.stdout.write(
             f"goals: MAE ≤ 0.9× the better baseline's: {'met' if goals[0] else 'NOT met'} "
@@ -339,9 +363,12 @@ class Workload:
         for number in np.flatnonzero(self.regressed.any(axis=1)):
             without = np.flatnonzero(self.regressed[number])
             step = np.flatnonzero(self.regressed[number] & (self.calls[number] > 0))[-1]
-            current = query_features(Query.objects.get(pk=self.queries[number]),
-                                     until=self.start + (step + 1) * self.period)
-            optimized = {**current, "has_plan": 1.0, **self.plan_figures(number, step, False)}
+            query, until = Query.objects.get(pk=self.queries[number]), self.start + (
+                step + 1) * self.period
+            current = query_features(query, until=until)
+            optimized = with_plan_change(
+                {**current, "has_plan": 1.0, **self.plan_figures(number, step, False)},
+                plan_cost_before(query, until))
             (now, *_), (after, *_) = predictor.predict([current, optimized])
             hour = int(60 / self.minutes)
             before = slice(max(without[0] - hour, 0), without[0])
