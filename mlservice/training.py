@@ -113,6 +113,7 @@ class Examples:
     target_ms: np.ndarray  # the mean latency of the next interval with calls
     target_time: np.ndarray  # when that interval ended (epoch seconds)
     median_8: tuple  # (median, 10th, 90th percentile) of the latest RECENT intervals' means
+    plan_changes: np.ndarray = None  # plan_changes() of the history
 
 
 @dataclass
@@ -143,12 +144,16 @@ def train(lookback_days, progress=None):
         models.append(fit(features[fitting], change[fitting], features[validation],
                           change[validation], **loss))
     forest = Forest(models, sample=features[validation])
+    elasticity = plan_elasticity(examples.plan_changes, examples.target_time[validation].min())
     _, low, high = forest.predict(features[validation])
-    widening = conformal_widening(low, high, change[validation], coverage=0.8)
+    shift = elasticity * np.log(features[validation, FEATURE_NAMES.index("plan_cost_change")])
+    widening = conformal_widening(low + shift, high + shift, change[validation], coverage=0.8)
     progress("measuring on the held-out part", 0.9)
-    predictor = Predictor(forest, widening, metrics={}, reference=REFERENCE)
+    predictor = Predictor(forest, widening, metrics={}, reference=REFERENCE,
+                          plan_elasticity=elasticity)
     predictor.metrics = metrics = evaluate(predictor, examples, held_out)
-    metrics.update(samples=samples, fitted=int(fitting.sum()), lookback_days=lookback_days)
+    metrics.update(samples=samples, fitted=int(fitting.sum()), lookback_days=lookback_days,
+                   plan_elasticity=elasticity)
     accepted = metrics["mae_ms"] < metrics["baseline_mae_ms"]
     progress("done", 1.0)
     return TrainingOutcome(predictor, accepted, metrics, verdict(metrics, accepted))
@@ -170,6 +175,7 @@ def load_examples(since, progress=None):
         target_ms=np.roll(means, -1)[has_next],
         target_time=np.roll(times, -1)[has_next],
         median_8=tuple(column[has_next] for column in recent_spread(query_ids, means)),
+        plan_changes=plan_changes(intervals, samples),
     )
 
 
@@ -247,6 +253,36 @@ def newest(times, fraction, among):
     if not among.any():
         return among
     return among & (times >= np.quantile(times[among], 1 - fraction))
+
+
+def plan_changes(intervals, samples):
+    """(when, log latency change, log cost change) of each time a statement's kept plan became
+    at least twice or half as costly: the median of the mean latencies of its RECENT intervals
+    with calls after the newer plan was made over that of its RECENT up to the older one's."""
+    changes = []
+    owners = samples[:, 0]
+    cost = 2 + PLAN_FIELDS.index("plan_total_cost")
+    for query_id in np.unique(owners):
+        own = samples[owners == query_id]
+        first, last = np.searchsorted(intervals[:, 0], [query_id, query_id + 0.5])
+        times, means = intervals[first:last, 1], intervals[first:last, 4]
+        for old, new in zip(own[:-1], own[1:]):
+            moved = np.log(new[cost] / old[cost]) if old[cost] > 0 < new[cost] else 0.0
+            before, after = means[times <= old[1]][-RECENT:], means[times >= new[1]][:RECENT]
+            if abs(moved) >= np.log(2) and len(before) and len(after):
+                changes.append((new[1], np.log(np.median(after) / np.median(before)), moved))
+    return np.array(changes).reshape(-1, 3)
+
+
+def plan_elasticity(changes, until):
+    """How latency follows a plan's cost (latency ∝ cost ^ this, 0 to 1): the median ratio of
+    the log changes of `changes` (plan_changes) made before `until`. A statement's plan
+    changes seldom: too few examples for a leaf of their own, but one figure for all
+    statements, which the `optimized` scenario needs (a change of plan it never had)."""
+    known = changes[changes[:, 0] < until]
+    if not len(known):
+        return 0.0
+    return float(np.clip(np.median(known[:, 1] / known[:, 2]), 0.0, 1.0))
 
 
 def fit(features, change, validation_features, validation_change, **loss):
