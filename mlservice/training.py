@@ -184,7 +184,8 @@ def features_of(intervals, samples, progress=None):
     first in the lookback): what extract_features(text, IntervalStats, history=the intervals up
     to this one) gives, each statement's text parsed once (a parse costs 0.2-0.4 ms, the rest
     microseconds), with the plan features of `samples` (rows of PLANS) as plans_at reads them,
-    and the plan's cost against that of the plan at the oldest interval of its history."""
+    and the plan's cost against that of the plan its history ran under (as
+    features.plan_cost_before reads it)."""
     query_ids = intervals[:, 0].astype(int).tolist()
     texts = Query.objects.filter(pk__in=set(query_ids)).values_list("pk", "text")
     trees = {query_id: extract_features(text) for query_id, text in texts}
@@ -204,7 +205,8 @@ def features_of(intervals, samples, progress=None):
             progress("features", 0.1 + 0.3 * start / len(query_ids))
     matrix = np.concatenate(blocks)
     matrix[:, PLAN_COLUMNS] = plans_at(intervals[:, 0], intervals[:, 1], samples)
-    known, cost_before = plans_at(intervals[:, 0], intervals[starts, 1], samples)[:, [0, 2]].T
+    known, cost_before = plans_at(
+        intervals[:, 0], intervals[starts, 1], samples, until=intervals[:, 1])[:, [0, 2]].T
     cost = matrix[:, FEATURE_NAMES.index("plan_total_cost")]
     has_plan = matrix[:, PLAN_COLUMNS[0]] > 0
     matrix[:, FEATURE_NAMES.index("plan_cost_change")] = np.where(  # as with_plan_change
@@ -213,16 +215,18 @@ def features_of(intervals, samples, progress=None):
     return matrix
 
 
-def plans_at(query_ids, times, samples):
-    """has_plan and the PLAN_FIELDS of each (statement, time), both sorted by statement then
-    time: those of the statement's newest sample (rows of PLANS) at or before the time, zeros
-    where it has none."""
+def plans_at(query_ids, times, samples, until=None):
+    """has_plan and the PLAN_FIELDS of each (statement, time), sorted by statement: those of
+    the statement's newest sample (rows of PLANS) at or before the time, else with `until` (a
+    time each) its first one if made by then (plan_history.history_plan), else zeros."""
     columns = np.zeros((len(query_ids), 1 + len(PLAN_FIELDS)))
     owners = samples[:, 0]
     for query_id in np.unique(owners):
         first, last = np.searchsorted(query_ids, [query_id, query_id + 0.5])
         own = samples[slice(*np.searchsorted(owners, [query_id, query_id + 0.5]))]
         newest = np.searchsorted(own[:, 1], times[first:last], side="right") - 1
+        if until is not None:
+            newest[(newest < 0) & (own[0, 1] <= until[first:last])] = 0
         known = newest >= 0
         columns[first:last][known] = np.column_stack(
             [np.ones(known.sum()), own[newest[known], 2:]])

@@ -95,10 +95,13 @@ def test_an_example_is_the_vector_query_features_gives_at_its_interval(db):
     })
     stats = QueryStat.objects.filter(delta_calls__gt=0).select_related("query")
     newest = {stat.query_id: stat.taken_at for stat in stats.order_by("taken_at")}
-    lookup = Query.objects.get(text=LOOKUP)
-    for minutes, seq_scans, cost in ((-30, 0, 8.3), (4.5, 1, 1850.0), (9, 0, 8.4)):
-        PlanSample.objects.create(  # before the lookback, between intervals, at one's end
-            query=lookup, database_id=lookup.database_id, taken_at=start + minutes * MINUTE,
+    lookup, report = (Query.objects.get(text=text) for text in (LOOKUP, REPORT))
+    for query, minutes, seq_scans, cost in (
+        (lookup, -30, 0, 8.3), (lookup, 4.5, 1, 1850.0), (lookup, 9, 0, 8.4),  # before the
+        (report, 5, 1, 100.0), (report, 8, 1, 300.0),  # lookback, between intervals, at one's end
+    ):
+        PlanSample.objects.create(
+            query=query, database_id=query.database_id, taken_at=start + minutes * MINUTE,
             plan_seq_scans=seq_scans, plan_total_cost=cost, plan_rows=1.0)
 
     examples = load_examples(start)
@@ -115,13 +118,16 @@ def test_an_example_is_the_vector_query_features_gives_at_its_interval(db):
     plans = [(row[FEATURE_NAMES.index("has_plan")], row[FEATURE_NAMES.index("plan_total_cost")])
              for row in examples.features.tolist()]
     # the lookup's 11 (minutes 1, 2, 4-7, 9-12, 14): 3 under the first plan, 3 under the
-    # second, 5 from the interval the third was made at the end of; the report's 5 had none
+    # second, 5 from the interval the third was made at the end of; the report's 5 (minutes 1,
+    # 4, 6, 7, 10): 2 before its first plan, 2 under it, 1 under the second
     assert sorted(plans) == sorted(
-        [(0.0, 0.0)] * 5 + [(1.0, 8.3)] * 3 + [(1.0, 1850.0)] * 3 + [(1.0, 8.4)] * 5)
-    # against the plan at the oldest of its 8 intervals (minutes 1, 1, ... 1, 2, 4, 5)
+        [(1.0, 8.3)] * 3 + [(1.0, 1850.0)] * 3 + [(1.0, 8.4)] * 5
+        + [(0.0, 0.0)] * 2 + [(1.0, 100.0)] * 2 + [(1.0, 300.0)])
+    # against the plan at the oldest of its 8 intervals (the lookup's minutes 1, 1, ... 1, 2,
+    # 4, 5), else the first made since (the report's at minute 5)
     changes = examples.features[:, FEATURE_NAMES.index("plan_cost_change")]
     assert sorted(changes.tolist()) == pytest.approx(sorted(
-        [1.0] * 8 + [1850 / 8.3] * 3 + [8.4 / 8.3] * 4 + [8.4 / 1850]))
+        [1.0] * 3 + [1850 / 8.3] * 3 + [8.4 / 8.3] * 4 + [8.4 / 1850] + [1.0] * 4 + [3.0]))
 
 
 def test_the_median_of_the_last_8_keeps_to_each_statement(db):

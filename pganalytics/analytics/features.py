@@ -61,8 +61,8 @@ FEATURE_NAMES = (
     "previous_mean_ms",  # the mean latency of the one before the last; 0 when there is none
     "calls_trend",  # the last one's calls a minute / the median of theirs (1 when that is 0)
     # the plan against the one the recent history ran under
-    "plan_cost_change",  # plan_total_cost / that of the statement's newest plan (PlanSample)
-    # at or before the oldest of those intervals; 1 when either is not known
+    "plan_cost_change",  # plan_total_cost / that of the plan those intervals ran under (the
+    # newest PlanSample at or before the oldest of them, else the first since); 1: not known
 )
 RECENT_INTERVALS = 8
 SCENARIOS = ("current", "optimized")
@@ -155,10 +155,10 @@ def recent_history(query, until=None):
 
 
 def plan_cost_before(query, until=None):
-    """The total cost of the plan `query`'s recent history ran under (as of `until`): its
-    newest PlanSample at or before the oldest of recent_stats(); None when not known."""
+    """The total cost of the plan `query`'s recent history ran under (as of `until`):
+    plan_history.history_plan from the oldest of recent_stats(); None when not known."""
     stats = recent_stats(query, until)
-    sample = stats and plan_history.newest_at(query, stats[-1].taken_at)
+    sample = stats and plan_history.history_plan(query, stats[-1].taken_at, until)
     return sample.plan_total_cost if sample else None
 
 

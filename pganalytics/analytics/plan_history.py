@@ -47,6 +47,15 @@ def newest_at(query, until=None):
     return samples.order_by("-taken_at").first()
 
 
+def history_plan(query, since, until=None):
+    """The plan `query`'s intervals from `since` ran under, as far as the kept plans tell:
+    its newest PlanSample at or before `since`, else its first one if made by `until` (the
+    plan it had then, unless it changed in between: none was made to tell); None."""
+    return newest_at(query, since) or PlanSample.objects.filter(
+        query=query, **({} if until is None else {"taken_at__lte": until})
+    ).order_by("taken_at").first()
+
+
 def prune(cutoff):
     """Delete samples taken before `cutoff` but each statement's newest one before it: the
     plan of the intervals after the cutoff. The number deleted."""

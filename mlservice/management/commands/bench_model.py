@@ -213,7 +213,8 @@ class Command(BaseCommand):
                 f"with the index back, {figures['regressed_statements']} statements that lost "
                 f"it, at their last interval without it: predicted "
                 f"{figures['optimized_vs_current']:.2f}× their current latency (the what-if "
-                f"plan's features against their plan's), measured "
+                f"plan's features against their plan's; plan elasticity learnt "
+                f"{figures['plan_elasticity']:.2f}), measured "
                 f"{figures['measured_before_vs_regressed']:.2f}× (their hour before losing it "
                 "against their hour up to then)"
             )
