@@ -6,8 +6,11 @@ fingerprint (Query) and each interval with calls, the features of that interval
 intervals with calls before it, and the plan features of the statement's newest PlanSample at
 or before it, none before its first: as features.query_features gives them to a client), and
 as target the fingerprint's mean latency in its next interval with calls. Plans are learnt
-only from those the app made (plan_history): a plan that changes while its latency does is
-what lets the model tell a plan under a suggested index from today's.
+only from those the app made (plan_history). A statement's plan changes seldom, too seldom for
+the trees to learn from; so every kept plan change (before the validation part) is measured
+(latency before and after), and their median, the plan elasticity, moves every prediction by
+its plan's cost change (plan_cost_change): what tells a plan under a suggested index from
+today's.
 
 Raw intervals, not the hourly rollups: the service predicts a statement's next collection
 interval from its current one, and an hour's mean is another, smoother quantity (whose
@@ -260,9 +263,10 @@ def newest(times, fraction, among):
 
 
 def plan_changes(intervals, samples):
-    """(when, log latency change, log cost change) of each time a statement's kept plan became
-    at least twice or half as costly: the median of the mean latencies of its RECENT intervals
-    with calls after the newer plan was made over that of its RECENT up to the older one's."""
+    """(when measured, log latency change, log cost change) of each time a statement's kept plan
+    became at least twice or half as costly: the median of the mean latencies of its RECENT
+    intervals with calls after the newer plan was made (measured when the last of them ended)
+    over that of its RECENT up to the older one's."""
     changes = []
     owners = samples[:, 0]
     cost = 2 + PLAN_FIELDS.index("plan_total_cost")
@@ -274,7 +278,8 @@ def plan_changes(intervals, samples):
             moved = np.log(new[cost] / old[cost]) if old[cost] > 0 < new[cost] else 0.0
             before, after = means[times <= old[1]][-RECENT:], means[times >= new[1]][:RECENT]
             if abs(moved) >= np.log(2) and len(before) and len(after):
-                changes.append((new[1], np.log(np.median(after) / np.median(before)), moved))
+                ended = times[times >= new[1]][:RECENT][-1]
+                changes.append((ended, np.log(np.median(after) / np.median(before)), moved))
     return np.array(changes).reshape(-1, 3)
 
 
