@@ -64,7 +64,9 @@ class Predictor(Predicting):
     """A model trained by mlservice.training: gradient-boosted trees of the log of the next
     interval's latency over the row's `reference` feature (the recent history's mean, for the
     versions trained now) — its median, and its 10 % and 90 % quantiles, the last two moved
-    apart (or together) by `widening` so that they held 80 % of the validation examples.
+    apart (or together) by `widening` so that they held 80 % of the validation examples;
+    all moved by `plan_elasticity` × log(plan_cost_change): latency ∝ plan cost ^ elasticity,
+    one figure for every statement (mlservice.training.plan_elasticity).
 
     The ratio, not the latency itself: a tree's prediction is a step function of its inputs,
     and the latency's own steps would be far coarser than the intervals' noise. A row whose
@@ -73,23 +75,32 @@ class Predictor(Predicting):
 
     source = "model"
     reference = "mean_ms"  # versions pickled before `reference` was kept went from the last mean
+    plan_elasticity = 0.0  # and those before it, without one
 
     def __init__(self, forest, widening, metrics, feature_names=FEATURE_NAMES,
-                 reference="mean_ms"):
+                 reference="mean_ms", plan_elasticity=0.0):
         self.forest = forest
         self.widening = widening
         self.metrics = metrics
         self.feature_names = tuple(feature_names)
         self.reference = reference
+        self.plan_elasticity = plan_elasticity
 
     def predict_matrix(self, matrix):
         reference = self.column(matrix, self.reference)
         # A vector sent without its history (has_history 0) goes from its own interval's mean.
         current = log_ms(np.where(reference > 0, reference, self.column(matrix, "mean_ms")))
+        if self.plan_elasticity and "plan_cost_change" in self.feature_names:
+            current = current + self.plan_elasticity * plan_change(self, matrix)
         point, low, high = self.forest.predict(matrix)
         point = np.exp(current + point)
         low = np.minimum(np.exp(current + low - self.widening), point)
         return point, low, np.maximum(np.exp(current + high + self.widening), point)
+
+
+def plan_change(predictor, matrix):
+    """log(plan_cost_change) of each row: 0 where the plan did not change or is not known."""
+    return np.log(np.maximum(predictor.column(matrix, "plan_cost_change"), 1e-9))
 
 
 class Forest:

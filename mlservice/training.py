@@ -3,9 +3,14 @@
 Examples come from the raw intervals of every monitored database within the lookback: for each
 fingerprint (Query) and each interval with calls, the features of that interval
 (features.extract_features of the statement's text, the interval's statistics and the
-intervals with calls before it, as features.query_features gives them to a client; without a
-plan: historical plans are not kept, and today's would describe intervals it never ran in), and
-as target the fingerprint's mean latency in its next interval with calls.
+intervals with calls before it, and the plan features of the statement's newest PlanSample at
+or before it, none before its first: as features.query_features gives them to a client), and
+as target the fingerprint's mean latency in its next interval with calls. Plans are learnt
+only from those the app made (plan_history). A statement's plan changes seldom, too seldom for
+the trees to learn from; so every kept plan change (before the validation part) is measured
+(latency before and after), and their median, the plan elasticity, moves every prediction by
+its plan's cost change (plan_cost_change): what tells a plan under a suggested index from
+today's.
 
 Raw intervals, not the hourly rollups: the service predicts a statement's next collection
 interval from its current one, and an hour's mean is another, smoother quantity (whose
@@ -37,7 +42,8 @@ from pganalytics.analytics.features import (
     history_features,
     stats_features,
 )
-from pganalytics.models import Query
+from pganalytics.analytics.plan_history import PLAN_FIELDS
+from pganalytics.models import PlanSample, Query
 
 HELD_OUT = 0.2
 VALIDATION = 0.2
@@ -84,6 +90,20 @@ FROM pganalytics_querystat
 WHERE taken_at >= %s AND delta_calls > 0 AND delta_mean_exec_time > 0
 ORDER BY query_id, taken_at
 """
+# The plans those intervals may have had: each statement's since the start, and its newest
+# one before, by fingerprint then time; the figures in PLAN_FIELDS order.
+PLANS = f"""
+SELECT * FROM (
+    SELECT query_id, extract(epoch FROM taken_at)::float8 AS at, {", ".join(PLAN_FIELDS)}
+    FROM {PlanSample._meta.db_table} WHERE taken_at >= %(since)s
+    UNION ALL (
+    SELECT DISTINCT ON (query_id) query_id, extract(epoch FROM taken_at)::float8,
+           {", ".join(PLAN_FIELDS)}
+    FROM {PlanSample._meta.db_table} WHERE taken_at < %(since)s
+    ORDER BY query_id, taken_at DESC)
+) AS samples ORDER BY query_id, at
+"""
+PLAN_COLUMNS = [FEATURE_NAMES.index(name) for name in ("has_plan", *PLAN_FIELDS)]
 CHUNK = 10_000
 BASELINES = {"last_value": "last value", "median_8": f"median of last {RECENT}"}
 
@@ -96,6 +116,7 @@ class Examples:
     target_ms: np.ndarray  # the mean latency of the next interval with calls
     target_time: np.ndarray  # when that interval ended (epoch seconds)
     median_8: tuple  # (median, 10th, 90th percentile) of the latest RECENT intervals' means
+    plan_changes: np.ndarray = None  # plan_changes() of the history
 
 
 @dataclass
@@ -126,12 +147,16 @@ def train(lookback_days, progress=None):
         models.append(fit(features[fitting], change[fitting], features[validation],
                           change[validation], **loss))
     forest = Forest(models, sample=features[validation])
+    elasticity = plan_elasticity(examples.plan_changes, examples.target_time[validation].min())
     _, low, high = forest.predict(features[validation])
-    widening = conformal_widening(low, high, change[validation], coverage=0.8)
+    shift = elasticity * np.log(features[validation, FEATURE_NAMES.index("plan_cost_change")])
+    widening = conformal_widening(low + shift, high + shift, change[validation], coverage=0.8)
     progress("measuring on the held-out part", 0.9)
-    predictor = Predictor(forest, widening, metrics={}, reference=REFERENCE)
+    predictor = Predictor(forest, widening, metrics={}, reference=REFERENCE,
+                          plan_elasticity=elasticity)
     predictor.metrics = metrics = evaluate(predictor, examples, held_out)
-    metrics.update(samples=samples, fitted=int(fitting.sum()), lookback_days=lookback_days)
+    metrics.update(samples=samples, fitted=int(fitting.sum()), lookback_days=lookback_days,
+                   plan_elasticity=elasticity)
     accepted = metrics["mae_ms"] < metrics["baseline_mae_ms"]
     progress("done", 1.0)
     return TrainingOutcome(predictor, accepted, metrics, verdict(metrics, accepted))
@@ -143,22 +168,27 @@ def load_examples(since, progress=None):
         cursor.execute(INTERVALS, [since])
         chunks = [np.array(chunk, dtype=float) for chunk in iter(
             lambda: cursor.fetchmany(CHUNK), [])]
+        cursor.execute(PLANS, {"since": since})
+        samples = np.array(cursor.fetchall(), dtype=float).reshape(-1, 2 + len(PLAN_FIELDS))
     intervals = np.concatenate(chunks) if chunks else np.empty((0, 9))
     query_ids, times, means = intervals[:, 0], intervals[:, 1], intervals[:, 4]
     has_next = query_ids == np.append(query_ids[1:], np.nan)  # the next row is its own
     return Examples(
-        features=features_of(intervals[has_next], progress),
+        features=features_of(intervals[has_next], samples, progress),
         target_ms=np.roll(means, -1)[has_next],
         target_time=np.roll(times, -1)[has_next],
         median_8=tuple(column[has_next] for column in recent_spread(query_ids, means)),
+        plan_changes=plan_changes(intervals, samples),
     )
 
 
-def features_of(intervals, progress=None):
+def features_of(intervals, samples, progress=None):
     """The feature matrix of `intervals` (by statement, then time, each statement's from its
     first in the lookback): what extract_features(text, IntervalStats, history=the intervals up
     to this one) gives, each statement's text parsed once (a parse costs 0.2-0.4 ms, the rest
-    microseconds)."""
+    microseconds), with the plan features of `samples` (rows of PLANS) as plans_at reads them,
+    and the plan's cost against that of the plan its history ran under (as
+    features.plan_cost_before reads it)."""
     query_ids = intervals[:, 0].astype(int).tolist()
     texts = Query.objects.filter(pk__in=set(query_ids)).values_list("pk", "text")
     trees = {query_id: extract_features(text) for query_id, text in texts}
@@ -176,7 +206,34 @@ def features_of(intervals, progress=None):
         blocks.append(feature_matrix(rows, FEATURE_NAMES))
         if progress:
             progress("features", 0.1 + 0.3 * start / len(query_ids))
-    return np.concatenate(blocks)
+    matrix = np.concatenate(blocks)
+    matrix[:, PLAN_COLUMNS] = plans_at(intervals[:, 0], intervals[:, 1], samples)
+    known, cost_before = plans_at(
+        intervals[:, 0], intervals[starts, 1], samples, until=intervals[:, 1])[:, [0, 2]].T
+    cost = matrix[:, FEATURE_NAMES.index("plan_total_cost")]
+    has_plan = matrix[:, PLAN_COLUMNS[0]] > 0
+    matrix[:, FEATURE_NAMES.index("plan_cost_change")] = np.where(  # as with_plan_change
+        has_plan & (known > 0) & (cost_before != 0), cost / np.where(cost_before, cost_before, 1),
+        1.0)
+    return matrix
+
+
+def plans_at(query_ids, times, samples, until=None):
+    """has_plan and the PLAN_FIELDS of each (statement, time), sorted by statement: those of
+    the statement's newest sample (rows of PLANS) at or before the time, else with `until` (a
+    time each) its first one if made by then (plan_history.history_plan), else zeros."""
+    columns = np.zeros((len(query_ids), 1 + len(PLAN_FIELDS)))
+    owners = samples[:, 0]
+    for query_id in np.unique(owners):
+        first, last = np.searchsorted(query_ids, [query_id, query_id + 0.5])
+        own = samples[slice(*np.searchsorted(owners, [query_id, query_id + 0.5]))]
+        newest = np.searchsorted(own[:, 1], times[first:last], side="right") - 1
+        if until is not None:
+            newest[(newest < 0) & (own[0, 1] <= until[first:last])] = 0
+        known = newest >= 0
+        columns[first:last][known] = np.column_stack(
+            [np.ones(known.sum()), own[newest[known], 2:]])
+    return columns
 
 
 def recent_spread(query_ids, means):
@@ -203,6 +260,38 @@ def newest(times, fraction, among):
     if not among.any():
         return among
     return among & (times >= np.quantile(times[among], 1 - fraction))
+
+
+def plan_changes(intervals, samples):
+    """(when measured, log latency change, log cost change) of each time a statement's kept plan
+    became at least twice or half as costly: the median of the mean latencies of its RECENT
+    intervals with calls after the newer plan was made (measured when the last of them ended)
+    over that of its RECENT up to the older one's."""
+    changes = []
+    owners = samples[:, 0]
+    cost = 2 + PLAN_FIELDS.index("plan_total_cost")
+    for query_id in np.unique(owners):
+        own = samples[owners == query_id]
+        first, last = np.searchsorted(intervals[:, 0], [query_id, query_id + 0.5])
+        times, means = intervals[first:last, 1], intervals[first:last, 4]
+        for old, new in zip(own[:-1], own[1:]):
+            moved = np.log(new[cost] / old[cost]) if old[cost] > 0 < new[cost] else 0.0
+            before, after = means[times <= old[1]][-RECENT:], means[times >= new[1]][:RECENT]
+            if abs(moved) >= np.log(2) and len(before) and len(after):
+                ended = times[times >= new[1]][:RECENT][-1]
+                changes.append((ended, np.log(np.median(after) / np.median(before)), moved))
+    return np.array(changes).reshape(-1, 3)
+
+
+def plan_elasticity(changes, until):
+    """How latency follows a plan's cost (latency ∝ cost ^ this, 0 to 1): the median ratio of
+    the log changes of `changes` (plan_changes) made before `until`. A statement's plan
+    changes seldom: too few examples for a leaf of their own, but one figure for all
+    statements, which the `optimized` scenario needs (a change of plan it never had)."""
+    known = changes[changes[:, 0] < until]
+    if not len(known):
+        return 0.0
+    return float(np.clip(np.median(known[:, 1] / known[:, 2]), 0.0, 1.0))
 
 
 def fit(features, change, validation_features, validation_change, **loss):

@@ -268,6 +268,24 @@ class DailyStat(Rollup):
         indexes = [models.Index(fields=["database", "bucket"], name="dailystat_database_bucket")]
 
 
+class PlanSample(models.Model):
+    """The plan features (features.plan_features) of a fresh EXPLAIN of a statement, as the
+    app made it for a page (never a what-if plan): training gives each past interval the
+    statement's newest plan at or before it, as serving gives the current one. Kept
+    DAILY_RETENTION, each statement's newest one before that too."""
+
+    pk = models.CompositePrimaryKey("query", "taken_at")
+    query = history_key(Query)
+    taken_at = models.DateTimeField(help_text="When the plan was made.")
+    database = history_key(MonitoredDatabase)
+    plan_seq_scans = models.FloatField()
+    plan_total_cost = models.FloatField()
+    plan_rows = models.FloatField(help_text="Estimated rows of the top node.")
+
+    class Meta:
+        indexes = [models.Index(fields=["database", "taken_at"], name="plansample_database_taken")]
+
+
 class RollupState(models.Model):
     """How far the rollups are made, for all databases: hours before `hourly_to` and days
     before `daily_to` are summed. One row, locked by the compaction that moves it."""

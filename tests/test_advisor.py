@@ -18,7 +18,7 @@ from psycopg import sql as pgsql
 from caching import registry
 from pganalytics.analytics import advisor, explain, services
 from pganalytics.analytics.collector import collect
-from pganalytics.models import MonitoredDatabase, Query
+from pganalytics.models import MonitoredDatabase, PlanSample, Query
 from pganalytics.targets import MARKER, local_dsn, reset_statements
 from tests.test_explain_privilege import (  # noqa: F401 - server_files is a fixture
     TRAPPED,
@@ -109,6 +109,12 @@ def test_a_table_that_lost_its_index_gets_it_back_verified_by_a_what_if_plan(
     optimized = services.optimized_features(query)
     assert optimized["plan_total_cost"] == suggestion["cost_after"]
     assert optimized["plan_seq_scans"] == 0.0
+    # the plan the advisor made joined the statement's history, the what-if one did not; the
+    # optimized vector weighs the what-if plan against it
+    (sample,) = PlanSample.objects.filter(query=query)
+    assert (sample.plan_seq_scans, sample.plan_total_cost) == (1.0, suggestion["cost_before"])
+    assert optimized["plan_cost_change"] == pytest.approx(
+        suggestion["cost_after"] / suggestion["cost_before"])
     (row,) = services.database_suggestions(monitored)
     assert {key: row[key] for key in suggestion} == suggestion
 

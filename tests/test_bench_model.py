@@ -29,6 +29,8 @@ def test_bench_model_trains_on_a_generated_history_in_a_scratch_database():
     assert figures["mae_ms"] / figures["baseline_mae_ms"] == figures["mae_vs_best_baseline"]
     assert 0 < figures["noise_floor_mae_ms"] < figures["last_value_mae_ms"]
     assert figures["noise_floor_mae_ms"] < figures["current_level_mae_ms"]
+    assert figures["regressed_statements"] == 4  # the default --regressions
+    assert 0 < figures["optimized_vs_current"] and 0 < figures["measured_before_vs_regressed"] < 1
     assert connection.settings_dict["NAME"].startswith("test_")  # back on the test database
     assert not MonitoredDatabase.objects.exists()  # nothing generated here
     with psycopg.connect(local_dsn(MAINTENANCE_DATABASE)) as maintenance:

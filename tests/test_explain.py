@@ -7,6 +7,7 @@ import psycopg
 import pytest
 from django.core.cache import caches
 from django.db import connection
+from django.utils import timezone
 from django.views.debug import ExceptionReporter
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
@@ -24,6 +25,7 @@ from pganalytics.analytics.explain import (
     summarize,
 )
 from pganalytics.fingerprint import fingerprint
+from pganalytics.models import MonitoredDatabase, PlanSample, Query
 from pganalytics.targets import drop_database, ensure_database, local_dsn
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -274,6 +276,30 @@ def test_cached_explain_plans_once_and_caches_refusals(dsn):
         with pytest.raises(ExplainRefused):
             cached_explain(1, dsn, "VACUUM explain_orders", userid=own_role())
     assert cache.has_key(explain_key(1, dsn, "VACUUM explain_orders"))
+
+
+def test_a_fresh_plan_of_a_collected_statement_joins_its_history_once(dsn):
+    caches["explain"].clear()
+    text = "SELECT * FROM explain_orders WHERE customer = $1"
+    database = MonitoredDatabase.objects.create(name="planned", dsn=dsn)
+    now = timezone.now()
+    query = Query.objects.create(
+        database=database, fingerprint=fingerprint(text).fingerprint, text=text,
+        normalized=text, parsed=True, userid=own_role(), first_seen=now, last_seen=now)
+
+    first = cached_explain(database.id, dsn, text, userid=own_role(), version="1")
+    cached_explain(database.id, dsn, text, userid=own_role(), version="1")  # from the cache
+    cached_explain(database.id + 1, dsn, text, userid=own_role(), version="1")  # not collected
+
+    samples = PlanSample.objects.filter(query=query)
+    assert list(samples.values_list(
+        "taken_at", "plan_seq_scans", "plan_total_cost", "plan_rows")) == [
+        (first.planned_at, 1.0, first.summary.total_cost, first.summary.estimated_rows)]
+    assert PlanSample.objects.count() == 1
+    cached_explain(database.id, dsn, text, userid=own_role(), version="2")  # a new snapshot
+    assert samples.count() == 2
+    database.delete()
+    assert not PlanSample.objects.exists()
 
 
 def test_explain_key_names_the_server_by_a_hash_of_its_dsn(dsn):

@@ -18,7 +18,10 @@ from pganalytics.analytics.features import extract as shared_extractor
 
 
 def nonzero(features):
-    return {name: value for name, value in features.items() if value}
+    """The features set: those not at the value a missing source gives (1 for a plan's cost
+    change, else 0)."""
+    return {name: value for name, value in features.items()
+            if value != (1.0 if name == "plan_cost_change" else 0.0)}
 
 
 def test_every_vector_has_every_name_in_order_as_floats():

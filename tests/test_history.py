@@ -19,7 +19,15 @@ from django.utils import timezone
 
 from pganalytics.analytics import history, services
 from pganalytics.analytics.collector import COUNTERS, CollectionError, Reading, collect, store
-from pganalytics.models import DailyStat, HourlyStat, MonitoredDatabase, Query, QueryStat, Snapshot
+from pganalytics.models import (
+    DailyStat,
+    HourlyStat,
+    MonitoredDatabase,
+    PlanSample,
+    Query,
+    QueryStat,
+    Snapshot,
+)
 from pganalytics.targets import MAINTENANCE_DATABASE, drop_database, local_dsn
 from tests.conftest import child_environment
 
@@ -211,6 +219,27 @@ def test_retention_drops_whole_partitions_and_keeps_the_rollups(three_days, sett
         start + timedelta(days=1)
     )
     assert newest.taken_at > now - timedelta(hours=1)
+
+
+def test_plans_are_kept_as_long_as_the_daily_rows_and_each_statements_newest_before(
+    three_days, settings
+):
+    database, start = three_days
+    settings.DAILY_RETENTION = timedelta(days=2)
+    first, second = Query.objects.filter(database=database).order_by("pk")[:2]
+    hours = {first: (1, 5, 30, 60), second: (2,)}  # after the start: the cutoff is at 24
+    for query, taken in hours.items():
+        PlanSample.objects.bulk_create(
+            PlanSample(query=query, database=database, taken_at=start + timedelta(hours=hour),
+                       plan_seq_scans=0.0, plan_total_cost=float(hour), plan_rows=1.0)
+            for hour in taken)
+
+    done = history.compact(now=start + timedelta(days=3, minutes=30))
+
+    kept = PlanSample.objects.order_by("query_id", "taken_at")
+    assert [(sample.query_id, sample.plan_total_cost) for sample in kept] == [
+        (first.pk, 5.0), (first.pk, 30.0), (first.pk, 60.0), (second.pk, 2.0)]
+    assert done.deleted_plans == 1
 
 
 def test_a_reading_in_an_hour_already_rolled_up_is_dropped(three_days):

@@ -42,6 +42,7 @@ from psycopg.pq import TransactionStatus
 
 from pganalytics import targets
 from pganalytics.dsn import scrub
+from pganalytics.signals import statement_planned
 from pganalytics.fingerprint import fingerprint
 from pganalytics.targets import MARKER, PINNED_SEARCH_PATH
 
@@ -473,7 +474,8 @@ def cached_explain(database_id, dsn, sql, *, userid, version=None, timeout=None,
     Plans, refusals and failures that will come again are kept for the cache's TTL;
     transient failures (a timeout, a target that does not answer) for
     TRANSIENT_FAILURE_SECONDS, so a failing or slow target is neither reconnected to nor
-    waited for on every view. Same caller rule as explain().
+    waited for on every view. Each plan made here, not a what-if one, is sent as
+    signals.statement_planned (once: cached plans are not). Same caller rule as explain().
     """
     key = explain_key(database_id, dsn, sql, hypothetical)
     cache = caches["explain"]
@@ -491,6 +493,9 @@ def cached_explain(database_id, dsn, sql, *, userid, version=None, timeout=None,
     found = cache.get_or_set(key, outcome, version=version)
     if isinstance(found, ExplainFailed) and found.transient and computed:
         cache.touch(key, TRANSIENT_FAILURE_SECONDS, version=version)
+    if hypothetical is None and computed and isinstance(computed[-1], PlanResult):
+        made = computed[-1]
+        statement_planned.send(PlanResult, database_id=database_id, sql=sql, result=made)
     if isinstance(found, Exception):
         raise found
     return found

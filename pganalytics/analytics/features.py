@@ -3,7 +3,8 @@
 Four sources, each optional: the statement's parse tree (pglast's JSON tree, ~15x cheaper
 to get than its Python node objects), one interval's statistics, the EXPLAIN plan, and the
 statement's recent history (its latest RECENT_INTERVALS intervals with calls, that one last).
-Whatever is missing reads 0 and its `has_*` flag says so, so every vector has every name.
+Whatever is missing reads 0 and its `has_*` flag says so (a change not known reads 1, none),
+so every vector has every name.
 `FEATURE_NAMES` is the contract with the model: append new names, never reorder or rename.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from django.core.cache import caches
 from pglast import parser
 
+from pganalytics.analytics import plan_history
 from pganalytics.analytics.explain import highest_parameter, parse_tree, summarize, tree_nodes
 from pganalytics.fingerprint import fingerprint
 from pganalytics.models import QueryStat
@@ -58,6 +60,9 @@ FEATURE_NAMES = (
     "recent_mean_ms",  # their total time / their calls: the mean of all their calls
     "previous_mean_ms",  # the mean latency of the one before the last; 0 when there is none
     "calls_trend",  # the last one's calls a minute / the median of theirs (1 when that is 0)
+    # the plan against the one the recent history ran under
+    "plan_cost_change",  # plan_total_cost / that of the plan those intervals ran under (the
+    # newest PlanSample at or before the oldest of them, else the first since); 1: not known
 )
 RECENT_INTERVALS = 8
 SCENARIOS = ("current", "optimized")
@@ -108,6 +113,7 @@ def extract_features(sql, stats=None, plan=None, history=()):
     (FORMAT JSON) result; `history` IntervalStats as history_features reads them.
     """
     features = dict.fromkeys(FEATURE_NAMES, 0.0)
+    features["plan_cost_change"] = 1.0  # until with_plan_change knows better
     features.update(tree_features(sql))
     if stats is not None:
         features.update(stats_features(stats))
@@ -121,20 +127,50 @@ def extract_features(sql, stats=None, plan=None, history=()):
 def query_features(query, plan=None, until=None):
     """The vector the ML service was trained on, for `query` as of `until` (default: now):
     its text, its newest interval with calls (up to `until`), the intervals with calls before
-    that one (recent_history), and `plan` if given (training has none: plans of the past are
-    not kept). What a prediction panel sends, so that the model sees what it learnt from."""
+    that one (recent_history), and `plan` if given, else the plan features of its newest
+    PlanSample up to `until` (plan_history: training reads those), its cost against that of
+    the plan its recent history ran under (with_plan_change). What a prediction panel sends,
+    so that the model sees what it learnt from."""
     history = recent_history(query, until)
-    return extract_features(query.text, history[-1] if history else None, plan, history)
+    features = extract_features(query.text, history[-1] if history else None, plan, history)
+    sample = None if plan else plan_history.newest_at(query, until)
+    if sample is not None:
+        features.update(has_plan=1.0, **{
+            name: getattr(sample, name) for name in plan_history.PLAN_FIELDS})
+    return with_plan_change(features, plan_cost_before(query, until))
 
 
-def recent_history(query, until=None):
-    """IntervalStats of `query`'s latest RECENT_INTERVALS intervals with calls up to `until`,
-    oldest first. The rows mlservice.training reads: calls and a mean latency above 0."""
+def recent_stats(query, until=None):
+    """QueryStat rows of `query`'s latest RECENT_INTERVALS intervals with calls up to `until`,
+    newest first. The rows mlservice.training reads: calls and a mean latency above 0."""
     stats = QueryStat.objects.filter(query=query, delta_calls__gt=0, delta_mean_exec_time__gt=0)
     if until is not None:
         stats = stats.filter(taken_at__lte=until)
-    newest = stats.order_by("-taken_at")[:RECENT_INTERVALS]
-    return [interval_stats(stat) for stat in reversed(newest)]
+    return list(stats.order_by("-taken_at")[:RECENT_INTERVALS])
+
+
+def recent_history(query, until=None):
+    """IntervalStats of recent_stats(), oldest first."""
+    return [interval_stats(stat) for stat in reversed(recent_stats(query, until))]
+
+
+def plan_cost_before(query, until=None):
+    """The total cost of the plan `query`'s recent history ran under (as of `until`):
+    plan_history.history_plan from the oldest of recent_stats(); None when not known."""
+    stats = recent_stats(query, until)
+    sample = stats and plan_history.history_plan(query, stats[-1].taken_at, until)
+    return sample.plan_total_cost if sample else None
+
+
+def with_plan_change(features, cost_before):
+    """`features` with plan_cost_change: their plan's cost over `cost_before` (the cost of
+    the plan their history ran under), 1 when either is not known. Training learns from the
+    plans that changed how much latency followed; a plan under a suggested index is such a
+    change."""
+    change = 1.0
+    if features["has_plan"] and cost_before:
+        change = features["plan_total_cost"] / cost_before
+    return {**features, "plan_cost_change": change}
 
 
 def interval_stats(stat):
@@ -264,13 +300,7 @@ def per_minute(stats):
 
 
 def plan_features(plan):
-    summary = summarize(plan)
-    return {
-        "has_plan": 1.0,
-        "plan_seq_scans": float(len(summary.seq_scans)),
-        "plan_total_cost": summary.total_cost,
-        "plan_rows": summary.estimated_rows,
-    }
+    return {"has_plan": 1.0, **plan_history.plan_figures(summarize(plan))}
 
 
 class CachedExtractor:

@@ -3,8 +3,9 @@
 Raw intervals (QueryStat) live in one partition per UTC day, made ahead by `compact` (and by
 a collection that finds its day missing), and are kept RAW_RETENTION. `compact` sums them
 into HourlyStat (also day-partitioned, kept HOURLY_RETENTION) and those into DailyStat (kept
-DAILY_RETENTION): an interval belongs to the hour and the day its snapshot was taken in, so a
-window of whole hours or days sums the same from any resolution. Retention drops whole
+DAILY_RETENTION, as are the plans the app made: plan_history): an interval belongs to the hour
+and the day its snapshot was taken in, so a window of whole hours or days sums the same from
+any resolution. Retention drops whole
 partitions, never deleting raw rows one by one, and never what is not rolled up yet.
 
 Rollups are remade from their source for whole buckets (idempotent), up to a watermark
@@ -25,6 +26,7 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from psycopg import sql
 
+from pganalytics.analytics import plan_history
 from pganalytics.analytics.data_version import every_database_changed
 from pganalytics.models import DailyStat, HourlyStat, QueryStat, RollupState, Snapshot
 
@@ -292,6 +294,7 @@ class Compaction:
     dropped_raw: list = None
     dropped_hourly: list = None
     deleted_daily: int = 0
+    deleted_plans: int = 0
     deleted_snapshots: int = 0
     skipped: bool = False  # another compaction held the watermark
 
@@ -360,6 +363,7 @@ def _compact(now):
     done.dropped_raw = drop_partitions_before(QueryStat, raw_cutoff)
     done.dropped_hourly = drop_partitions_before(HourlyStat, hourly_cutoff)
     done.deleted_daily = delete_days_before(floor_day(now - settings.DAILY_RETENTION))
+    done.deleted_plans = plan_history.prune(floor_day(now - settings.DAILY_RETENTION))
     done.deleted_snapshots = delete_snapshots_before(floor_day(min(raw_cutoff, hourly_cutoff)))
     if done.dropped_raw or done.dropped_hourly or done.deleted_daily:
         every_database_changed()  # a window reaching back that far now finds less

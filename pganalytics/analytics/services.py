@@ -499,9 +499,10 @@ def prediction_features(query, plan):
     history = features.recent_history(query)  # as features.query_features() reads it
     latest = history[-1] if history else None
     # Features depend on the plan too: one that failed this time must not stick for the version.
-    return features.extract(
+    vector = features.extract(
         query.text, latest, plan.get("raw"), history, version=f"{version}.{plan['status']}"
     )
+    return features.with_plan_change(vector, features.plan_cost_before(query))
 
 
 def query_predictions(query, current_features, suggestions, version):
@@ -713,7 +714,8 @@ def database_suggestions(database, limit=SUGGESTED_STATEMENTS):
 def optimized_features(query, version=None):
     """The feature vector of `query` under its suggested index: features.extract with the
     what-if plan (the `optimized` scenario the ML service predicts for), the statistics of
-    its latest interval as they are; None when it has no verified suggestion."""
+    its latest interval as they are, and the what-if plan's cost against that of the plan its
+    history ran under (features.with_plan_change); None when it has no verified suggestion."""
     database = query.database
     version = data_version(database.id) if version is None else version
     verified = [each for each in advice_of(query, version).suggestions if each.verified]
@@ -721,7 +723,8 @@ def optimized_features(query, version=None):
         return None
     history = features.recent_history(query)  # as prediction_features() reads it
     latest = history[-1] if history else None
-    return features.extract(
+    vector = features.extract(
         query.text, latest, verified[0].whatif_plan, history, scenario="optimized",
         version=version,
     )
+    return features.with_plan_change(vector, features.plan_cost_before(query))

@@ -9,12 +9,16 @@ follows a daily cycle (each database's users in a time zone of their own), with 
 noise of its own per database; latency follows the load (contention), tables grow under the
 scans, each statement drifts slowly, checkpoints slow a whole database for an interval now and
 then, and `--regressions` statements lose an index for a while or for good (a step up in
-latency and block reads). Each interval's mean is that of its calls, each call's latency drawn
-around the statement's level.
+latency and block reads). Plans (PlanSample) come as page views would record them: now and then
+at a rate of each statement's own, and within minutes of each plan change, with the costs a
+real planner gives those shapes (PLANS: how they were measured). Each interval's mean is that
+of its calls, each call's latency drawn around the statement's level.
 
 Then train() as the service's jobs do, the held-out figures of the model and both baselines
-printed, and Predictor.predict timed for one row and for a batch of 500 (median of
-`--repeat` runs).
+printed, the predicted latency of the statements that lost their index with it back (their
+features with the plan under the index, as the advisor's what-if plan gives it) against their
+current one, beside the measured ratio, and Predictor.predict timed for one row and for a
+batch of 500 (median of `--repeat` runs).
 """
 
 import json
@@ -37,9 +41,15 @@ from mlservice.management.commands.train_model import metrics_table, progress_ba
 from mlservice.training import HELD_OUT, load_examples, train
 from pganalytics.analytics import history
 from pganalytics.analytics.collector import COUNTERS, Reading, copy_rows, store
-from pganalytics.analytics.features import FEATURE_NAMES
+from pganalytics.analytics.features import (
+    FEATURE_NAMES,
+    plan_cost_before,
+    query_features,
+    with_plan_change,
+)
 from pganalytics.management.commands.bench_history import scratch_app_database
-from pganalytics.models import MonitoredDatabase, Query, QueryStat, Snapshot
+from pganalytics.analytics.plan_history import PLAN_FIELDS
+from pganalytics.models import MonitoredDatabase, PlanSample, Query, QueryStat, Snapshot
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,31 @@ SHAPES = (
     ("write", "INSERT INTO events{n} (kind, payload) SELECT $1, $2 WHERE NOT EXISTS"
               " (SELECT 1 FROM events{n} WHERE kind = $1 AND payload = $2)"),
 )
+# Each shape's generic plan (plan_seq_scans, plan_total_cost, plan_rows), with its indexes
+# and, for those that lose one, without it: EXPLAIN (FORMAT JSON) of the shapes above as the
+# app plans them (PREPARE, force_generic_plan, NULL parameters), read with explain.summarize,
+# on PostgreSQL 15 tables of 100,000 customers and accounts, 20,000 products, 300,000
+# orders and events, 900,000 order items, 200,000 invoices and 100,000 sessions, analysed,
+# indexed on their keys, orders(customer_id), orders(created_at), order_items(order_id),
+# sessions(expires_at) and events(kind, payload); the regressed plan with the customers',
+# products' (sku) and accounts' key, orders(created_at) and orders(customer_id) dropped.
+PLANS = (
+    ((0, 8.31, 1), (1, 2272.0, 1)),
+    ((0, 8.3, 1), (1, 417.0, 1)),
+    ((0, 8.32, 1), (1, 1791.01, 1)),
+    ((0, 3160.5, 9966), (1, 14012.82, 9966)),
+    ((0, 65.51, 9), (1, 5445.5, 9)),
+    ((0, 14644.24, 100_000), None),
+    ((1, 4333.31, 3), None),
+    ((1, 17599.41, 20), None),
+    ((0, 0.01, 0), None),
+    ((0, 8.31, 0), None),
+    ((0, 1332.29, 0), None),
+    ((0, 8.45, 0), None),
+)
+LOOKUP_COST = 10  # a plan cheaper than this fetches a row by an index: its tables' size aside
+PLAN_VIEWS_PER_HOUR = (1 / 12, 1)  # how often a statement's page is planned, at random
+PLAN_LOOK_MINUTES = (0.5, 3)  # and how soon after its plan changes someone looks
 CHECKPOINT_SHARE = 0.01  # intervals in which a checkpoint slows a whole database
 BATCH = 500
 
@@ -125,6 +160,8 @@ class Command(BaseCommand):
             if outcome.predictor is None:
                 raise CommandError(outcome.reason)
             rows = feature_rows(load_examples(timezone.now() - timedelta(days=days)), BATCH)
+            effect = [ratio for workload in workloads
+                      for ratio in workload.plan_effect(outcome.predictor)]
         since = int(intervals * (1 - HELD_OUT))
         floor = mean_error(workload.noise(since) for workload in workloads)
         bound = mean_error(workload.current_level_error(since) for workload in workloads)
@@ -140,6 +177,10 @@ class Command(BaseCommand):
             "snapshots": intervals,
             "generated_seconds": round(generated, 1),
             "train_seconds": round(trained, 1),
+            "regressed_statements": len(effect),
+            "optimized_vs_current": float(np.mean([p for p, _ in effect])) if effect else None,
+            "measured_before_vs_regressed": (
+                float(np.mean([m for _, m in effect])) if effect else None),
             "predict_ms": median_ms(repeat, lambda: outcome.predictor.predict(rows[:1])),
             "batch500_ms": median_ms(repeat, lambda: outcome.predictor.predict(rows)),
         }
@@ -167,6 +208,16 @@ class Command(BaseCommand):
             f"{figures['noise_floor_vs_best_baseline']:.2f}×)"
         )
         self.stdout.write(reason)
+        if figures["regressed_statements"]:
+            self.stdout.write(
+                f"with the index back, {figures['regressed_statements']} statements that lost "
+                f"it, at their last interval without it: predicted "
+                f"{figures['optimized_vs_current']:.2f}× their current latency (the what-if "
+                f"plan's features against their plan's; plan elasticity learnt "
+                f"{figures['plan_elasticity']:.2f}), measured "
+                f"{figures['measured_before_vs_regressed']:.2f}× (their hour before losing it "
+                "against their hour up to then)"
+            )
         goals = (figures["mae_vs_best_baseline"] <= 0.9, 0.75 <= figures["coverage_80"] <= 0.85)
         self.stdout.write(
             f"goals: MAE ≤ 0.9× the better baseline's: {'met' if goals[0] else 'NOT met'} "
@@ -187,6 +238,9 @@ def generate(rng, databases, statements, intervals, period, regressions, quiet=T
                                                     if number >= len(SHAPES) else "")
              for number in range(statements)]
     kinds = [KINDS[SHAPES[number % len(SHAPES)][0]] for number in range(statements)]
+    plans = [PLANS[number % len(SHAPES)] for number in range(statements)]
+    viewing = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])  # the history's
+    # own draws stay those of a history without plans
     indexed = [(database, number) for database in range(databases)
                for number, kind in enumerate(kinds) if kind.regression]
     broken = rng.choice(indexed, size=min(regressions, len(indexed)), replace=False).tolist()
@@ -196,7 +250,7 @@ def generate(rng, databases, statements, intervals, period, regressions, quiet=T
     for number in tqdm(range(databases), desc="databases generated", disable=quiet):
         database = MonitoredDatabase.objects.create(name=f"bench-{number}", dsn="host=bench")
         workload = Workload(rng, kinds, intervals, period,
-                            [which for owner, which in broken if owner == number])
+                            [which for owner, which in broken if owner == number], plans, start)
         store(database, workload.reading(texts, start), started=0.0)
         by_text = dict(Query.objects.filter(database=database).values_list("text", "pk"))
         snapshots = Snapshot.objects.bulk_create(
@@ -204,9 +258,10 @@ def generate(rng, databases, statements, intervals, period, regressions, quiet=T
                      statement_count=statements, duration_ms=0.0)
             for step in range(intervals)
         )
+        workload.queries = [by_text[text] for text in texts]
         copy_rows(QueryStat, workload.query_stats(
-            database, [by_text[text] for text in texts], snapshots, period
-        ))
+            database, workload.queries, snapshots, period))
+        PlanSample.objects.bulk_create(workload.plan_samples(viewing, database))
         workloads.append(workload)
     return workloads
 
@@ -220,8 +275,9 @@ class Workload:
     """One database's statements over `intervals`: arrays with a row per statement and a
     column per interval."""
 
-    def __init__(self, rng, kinds, intervals, period, broken):
+    def __init__(self, rng, kinds, intervals, period, broken, plans=(), start=None):
         minutes = period / timedelta(minutes=1)
+        self.plans, self.start, self.period = plans, start, period  # its shapes' PLANS
         spread = rng.lognormal(0, 0.5, (5, len(kinds), 1))
 
         def figure(name):
@@ -262,6 +318,69 @@ class Workload:
         self.blocks = figure("blocks_per_call") * spread[2] * growth * regression * self.calls
         self.read_share = np.where(regression > 1, 0.3, np.where(checkpoint, 0.1, 0.01))
         self.prior_calls = np.round(self.rate[:, 0] * 1440 / minutes) + 1  # a day before
+        self.regressed = regression > 1
+        self.table_size = spread[2] * growth  # what its plans' costs grow with
+        self.minutes = minutes
+        self.queries = []  # their Query ids, once stored
+
+    def plan_figures(self, number, step, regressed):
+        """{PLAN_FIELDS name: value} of statement `number`'s plan in interval `step`, with
+        its index or without (`regressed`)."""
+        seq_scans, cost, rows = self.plans[number][regressed]
+        if cost >= LOOKUP_COST:
+            cost *= self.table_size[number, step]
+        return dict(zip(PLAN_FIELDS, (float(seq_scans), float(cost), float(rows))))
+
+    def plan_times(self, rng, number):
+        """When statement `number` was planned, in intervals from the start (interval i is
+        (i, i + 1]): a page view now and then, at a rate of its own, and one soon after each
+        change of its plan (someone looks at the regressed query, or at the one whose index
+        was just made)."""
+        length = self.regressed.shape[1]
+        per_interval = np.exp(rng.uniform(*np.log(PLAN_VIEWS_PER_HOUR))) * self.minutes / 60
+        views = rng.uniform(0, length, rng.poisson(per_interval * length))
+        changes = np.flatnonzero(np.diff(self.regressed[number].astype(int))) + 1
+        looks = changes + rng.uniform(*PLAN_LOOK_MINUTES, len(changes)) / self.minutes
+        return np.sort(np.concatenate([views, looks[looks < length]]))
+
+    def plan_samples(self, rng, database):
+        """PlanSample rows of every statement, as page views would have recorded them."""
+        return [
+            PlanSample(query_id=query, database=database,
+                       taken_at=self.start + moment * self.period,
+                       **self.plan_figures(number, int(moment),
+                                           bool(self.regressed[number, int(moment)])))
+            for number, query in enumerate(self.queries)
+            for moment in self.plan_times(rng, number)
+        ]
+
+    def plan_effect(self, predictor):
+        """(predicted, measured) latency ratios of each statement that lost its index, at its
+        last interval with calls without it: the prediction from its features with the plan
+        it had (query_features) and from the same with its plan under the index (as the
+        advisor's what-if plan gives it), and its mean latency in the hour before it lost the
+        index over that in the hour up to then."""
+        ratios = []
+        for number in np.flatnonzero(self.regressed.any(axis=1)):
+            without = np.flatnonzero(self.regressed[number])
+            step = np.flatnonzero(self.regressed[number] & (self.calls[number] > 0))[-1]
+            query, until = Query.objects.get(pk=self.queries[number]), self.start + (
+                step + 1) * self.period
+            current = query_features(query, until=until)
+            optimized = with_plan_change(
+                {**current, "has_plan": 1.0, **self.plan_figures(number, step, False)},
+                plan_cost_before(query, until))
+            (now, *_), (after, *_) = predictor.predict([current, optimized])
+            hour = int(60 / self.minutes)
+            before = slice(max(without[0] - hour, 0), without[0])
+            regressed = slice(max(step + 1 - hour, without[0]), step + 1)
+            ratios.append((after / now, self.mean_ms(number, before)
+                           / self.mean_ms(number, regressed)))
+        return ratios
+
+    def mean_ms(self, number, intervals):
+        """Statement `number`'s mean latency over a slice of intervals."""
+        return self.total_ms[number, intervals].sum() / self.calls[number, intervals].sum()
 
     def noise(self, since):
         """|mean latency - the statement's level| of each interval with calls from `since` on:

@@ -9,8 +9,9 @@ from pganalytics.analytics.history import compact
 class Command(BaseCommand):
     help = (
         "Sum raw intervals into hourly and daily rollups, make the coming days' partitions and "
-        "drop what RAW_RETENTION, HOURLY_RETENTION and DAILY_RETENTION let go. Idempotent; "
-        "safe beside another compact (which then does nothing). `collect --every` runs it too."
+        "drop what RAW_RETENTION, HOURLY_RETENTION and DAILY_RETENTION (daily rows, plan "
+        "samples) let go. Idempotent; safe beside another compact (which then does nothing). "
+        "`collect --every` runs it too."
     )
 
     def handle(self, *args, **options):
@@ -22,8 +23,8 @@ class Command(BaseCommand):
             f"compact: {done.hours} hour(s) and {done.days} day(s) rolled up "
             f"(hourly to {describe(done.hourly_to)}, daily to {describe(done.daily_to)}); "
             f"dropped {len(done.dropped_raw)} raw and {len(done.dropped_hourly)} hourly "
-            f"day partition(s), {done.deleted_daily} daily row(s), "
-            f"{done.deleted_snapshots} snapshot(s)"
+            f"day partition(s), {done.deleted_daily} daily row(s), {done.deleted_plans} "
+            f"plan sample(s), {done.deleted_snapshots} snapshot(s)"
         )
 
 
