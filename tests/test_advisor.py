@@ -78,6 +78,21 @@ def collected(database, text):
     return Query.objects.select_related("database").get(database=database, text=text)
 
 
+def looked_up_under_a_pg_monitor_role(target_name, make_role, *, may_act_as_author):
+    """(the collected Query, the application role, the monitor): the lookup run by an
+    application role and collected by a `pg_monitor` monitor (not a superuser: it may not
+    create hypopg), granted the application role or not."""
+    app = make_role("app", "GRANT SELECT ON purchases TO {role}")
+    grants = [f'GRANT "{app}" TO {{role}}'] if may_act_as_author else []
+    monitor = make_role("monitor", "GRANT pg_monitor TO {role}", *grants)
+    database = MonitoredDatabase.objects.create(
+        name="limited", dsn=conninfo.make_conninfo(local_dsn(target_name), user=monitor)
+    )
+    with as_role(target_name, app) as connection:
+        connection.execute(LOOKUP, [3])
+    return collected(database, COLLECTED_LOOKUP), app, monitor
+
+
 def test_a_table_that_lost_its_index_gets_it_back_verified_by_a_what_if_plan(
     purchases, monitored
 ):
@@ -194,14 +209,7 @@ def test_a_monitor_that_may_not_create_hypopg_gets_unverified_suggestions(
     db, purchases, target_name, make_role
 ):
     without_hypopg(purchases)
-    app = make_role("app", "GRANT SELECT ON purchases TO {role}")
-    monitor = make_role("monitor", "GRANT pg_monitor TO {role}", f'GRANT "{app}" TO {{role}}')
-    database = MonitoredDatabase.objects.create(
-        name="limited", dsn=conninfo.make_conninfo(local_dsn(target_name), user=monitor)
-    )
-    with as_role(target_name, app) as connection:
-        connection.execute(LOOKUP, [3])
-    query = collected(database, COLLECTED_LOOKUP)
+    query, _, _ = looked_up_under_a_pg_monitor_role(target_name, make_role, may_act_as_author=True)
 
     found = services.query_suggestions(query)
 
@@ -412,14 +420,9 @@ def test_a_suggestion_the_what_if_plan_refutes_is_dropped_with_the_reason(purcha
 def test_a_monitor_that_may_not_act_as_the_author_gets_the_explains_refusal(
     db, purchases, target_name, make_role
 ):
-    app = make_role("app", "GRANT SELECT ON purchases TO {role}")
-    monitor = make_role("monitor", "GRANT pg_monitor TO {role}")
-    database = MonitoredDatabase.objects.create(
-        name="limited", dsn=conninfo.make_conninfo(local_dsn(target_name), user=monitor)
+    query, app, monitor = looked_up_under_a_pg_monitor_role(
+        target_name, make_role, may_act_as_author=False
     )
-    with as_role(target_name, app) as connection:
-        connection.execute(LOOKUP, [3])
-    query = collected(database, COLLECTED_LOOKUP)
 
     found = services.query_suggestions(query)
 
