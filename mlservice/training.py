@@ -144,7 +144,8 @@ def train(lookback_days, progress=None):
     elasticity = plan_elasticity(examples.plan_changes, examples.target_time[validation].min())
     # The predictor moves every prediction by the plan shift: the trees learn what it leaves,
     # or a plan whose cost follows a growing table would move the prediction twice.
-    shift = elasticity * np.log(features[:, FEATURE_NAMES.index("plan_cost_change")])
+    shift = elasticity * np.log(np.maximum(  # as predictor.plan_change reads it
+        features[:, FEATURE_NAMES.index("plan_cost_change")], 1e-9))
     rest = change - shift
     models = []
     for number, (step, loss) in enumerate(MODELS):
