@@ -4,8 +4,9 @@ It monitors `<app database>_demo` (`pganalytics_demo` by default) on the app's o
 under the name `demo` and plays a small shop's traffic between snapshots: fast indexed
 lookups, seq scans of an unindexed table that grows every interval, aggregates, a join,
 writes. Two things change, as they do in production: once the anomaly baseline has its
-intervals an index is dropped (orders-by-customer lookups turn into seq scans and regress, an
-anomaly that stays open), and near the end the email lookups' call rate jumps twentyfold. The
+intervals an index is dropped (orders-by-customer lookups turn into seq scans and regress: an
+anomaly until, some 20 intervals on, the regression is most of its baseline, the new normal),
+and near the end the email lookups' call rate jumps twentyfold (an anomaly at the end). The
 index advisor suggests the lost index back, verified by a what-if plan:
 the demo creates hypopg in its database where the server has it.
 
@@ -111,7 +112,8 @@ def run_demo(*, snapshots=DEFAULT_SNAPSHOTS, scale=1.0, dbname=None, report=prin
     database = register(dbname)
     report(f"monitored database {database.name!r}: {database.masked_dsn} (history cleared)")
     # The index goes once the anomaly baseline has its intervals, early enough that training
-    # measures the plan change before its validation part; the call rate jumps near the end.
+    # measures the plan change (over the 8 intervals after it) before its validation part,
+    # whose intervals it would not learn from; the call rate jumps near the end.
     jump_round = max(1, snapshots - 2)
     drop_round = min(jump_round, settings.ANOMALY_MIN_POINTS + 1)
     workload = Workload(customers, random.Random(42))
