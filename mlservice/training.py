@@ -141,16 +141,20 @@ def train(lookback_days, progress=None):
         return TrainingOutcome(None, False, {"samples": samples}, reason)
     features = examples.features
     change = np.log(examples.target_ms) - log_ms(features[:, FEATURE_NAMES.index(REFERENCE)])
+    elasticity = plan_elasticity(examples.plan_changes, examples.target_time[validation].min())
+    # The predictor moves every prediction by the plan shift: the trees learn what it leaves,
+    # or a plan whose cost follows a growing table would move the prediction twice.
+    shift = elasticity * np.log(np.maximum(  # as predictor.plan_change reads it
+        features[:, FEATURE_NAMES.index("plan_cost_change")], 1e-9))
+    rest = change - shift
     models = []
     for number, (step, loss) in enumerate(MODELS):
         progress(step, 0.4 + 0.15 * number)
-        models.append(fit(features[fitting], change[fitting], features[validation],
-                          change[validation], **loss))
+        models.append(fit(features[fitting], rest[fitting], features[validation],
+                          rest[validation], **loss))
     forest = Forest(models, sample=features[validation])
-    elasticity = plan_elasticity(examples.plan_changes, examples.target_time[validation].min())
     _, low, high = forest.predict(features[validation])
-    shift = elasticity * np.log(features[validation, FEATURE_NAMES.index("plan_cost_change")])
-    widening = conformal_widening(low + shift, high + shift, change[validation], coverage=0.8)
+    widening = conformal_widening(low, high, rest[validation], coverage=0.8)
     progress("measuring on the held-out part", 0.9)
     predictor = Predictor(forest, widening, metrics={}, reference=REFERENCE,
                           plan_elasticity=elasticity)
