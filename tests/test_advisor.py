@@ -27,7 +27,7 @@ from tests.test_explain_privilege import (  # noqa: F401 - server_files is a fix
     server_files,
     trapped_statement,
 )
-from tests.test_own_statements import server_statements
+from tests.test_own_statements import server_statements, watched
 
 ROWS = 50_000
 LOOKUP = "SELECT id, total FROM purchases WHERE buyer = %s"
@@ -289,12 +289,7 @@ def test_nothing_the_advisor_runs_shows_as_the_targets_workload(
     purchases.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
     reset_statements(purchases)
     app = make_role("app", "GRANT SELECT ON purchases TO {role}")
-    if monitoring == "superuser":
-        dsn = local_dsn(target_name)
-    else:
-        monitor = make_role("monitor", "GRANT pg_monitor TO {role}", f'GRANT "{app}" TO {{role}}')
-        dsn = conninfo.make_conninfo(local_dsn(target_name), user=monitor)
-    database = MonitoredDatabase.objects.create(name="watched", dsn=dsn)
+    database = watched(target_name, make_role, monitoring, app)
     with as_role(target_name, app) as connection:
         for buyer in range(3):
             connection.execute(LOOKUP, [buyer])

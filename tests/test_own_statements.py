@@ -32,18 +32,24 @@ def server_statements(target_name):
     return dict(rows)
 
 
+def watched(target_name, make_role, monitoring, app):
+    """The target monitored as a superuser, or as a `pg_monitor` role granted `app` (so it may
+    plan `app`'s statements as `app`)."""
+    if monitoring == "superuser":
+        dsn = local_dsn(target_name)
+    else:
+        monitor = make_role("monitor", "GRANT pg_monitor TO {role}", f'GRANT "{app}" TO {{role}}')
+        dsn = conninfo.make_conninfo(local_dsn(target_name), user=monitor)
+    return MonitoredDatabase.objects.create(name="watched", dsn=dsn)
+
+
 @pytest.mark.parametrize("monitoring", ["superuser", "pg_monitor"])
 def test_collecting_and_planning_leave_the_workload_as_it_was(
     db, target, target_name, make_role, monitoring
 ):
     registry.clear_all()
     app = make_role("app", "GRANT SELECT ON items TO {role}")
-    if monitoring == "superuser":
-        dsn = local_dsn(target_name)
-    else:
-        monitor = make_role("monitor", "GRANT pg_monitor TO {role}", f'GRANT "{app}" TO {{role}}')
-        dsn = conninfo.make_conninfo(local_dsn(target_name), user=monitor)
-    database = MonitoredDatabase.objects.create(name="watched", dsn=dsn)
+    database = watched(target_name, make_role, monitoring, app)
     with psycopg.connect(conninfo.make_conninfo(local_dsn(target_name), user=app)) as workload:
         for number in range(TRANSACTIONS):
             workload.execute(LOOKUP, [number])  # BEGIN, the lookup ...
